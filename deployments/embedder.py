@@ -1,0 +1,90 @@
+"""Embedder deployment: sentence-transformers behind Ray Serve's dynamic batching.
+
+Concurrent requests are merged by `@serve.batch` into one `encode` call (one forward pass over all
+their strings), which is where the throughput comes from. `encode` runs in a worker thread so the
+replica's event loop keeps answering health checks while a large batch is encoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import numpy as np
+from ray import serve
+
+from deployments.config import EmbedderConfig
+from deployments.models import embedder_folder
+from deployments.protocol import BadRequest
+
+log = logging.getLogger("ray.serve")
+
+
+@serve.deployment
+class EmbedderDeployment:
+    def __init__(self, config: EmbedderConfig):
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        self.config = config
+        started = time.monotonic()
+        device = config.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        # Ray pins OMP_NUM_THREADS to the actor's num_cpus; an explicit `threads` overrides it.
+        torch.set_num_threads(config.threads or max(1, int(config.deployment.num_cpus)))
+        folder = embedder_folder(config.model_source)
+        self.model = SentenceTransformer(str(folder), device=device, local_files_only=True)
+        self.dimensions = self.model.get_sentence_embedding_dimension()
+        self.load_seconds = time.monotonic() - started
+        self.started_at = time.time()
+        self._encode_batch.set_max_batch_size(config.max_batch_size)
+        self._encode_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        log.info("embedder %s loaded from %s on %s in %.1f s (%d dims)",
+                 config.model_id, folder, device, self.load_seconds, self.dimensions)
+
+    async def embed(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        """L2-normalised float32 vectors, one row per text, and the token count for `usage`."""
+        if not texts:
+            raise BadRequest("input must not be empty", param="input")
+        if len(texts) > self.config.max_inputs:
+            raise BadRequest(f"at most {self.config.max_inputs} inputs per request", param="input")
+        longest = max(len(t) for t in texts)
+        if longest > self.config.max_input_chars:
+            raise BadRequest(
+                f"each input is limited to {self.config.max_input_chars} characters, got {longest}",
+                param="input",
+            )
+        return await self._encode_batch(texts)
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
+    async def _encode_batch(self, requests: list[list[str]]) -> list[tuple[np.ndarray, int]]:
+        flat = [t for texts in requests for t in texts]
+        vectors, tokens = await asyncio.to_thread(self._encode, flat)
+        out, start = [], 0
+        for texts in requests:
+            end = start + len(texts)
+            out.append((vectors[start:end], int(tokens[start:end].sum())))
+            start = end
+        return out
+
+    def _encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        vectors = self.model.encode(
+            texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True
+        ).astype(np.float32, copy=False)
+        ids = self.model.tokenizer(texts, truncation=True,
+                                   max_length=self.model.max_seq_length)["input_ids"]
+        return vectors, np.array([len(x) for x in ids])
+
+    def info(self) -> dict:
+        return {
+            "model": self.config.model_id,
+            "dimensions": self.dimensions,
+            "load_seconds": round(self.load_seconds, 2),
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+        }
+
+    async def check_health(self) -> None:
+        # Nothing can wedge sentence-transformers short of the process dying, which Serve sees.
+        return None

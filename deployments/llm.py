@@ -1,0 +1,247 @@
+"""LLM deployment: one vLLM async engine (continuous batching) per replica.
+
+The router calls `stream` (token deltas) or `generate` (the whole answer). A caller that goes away
+cancels the Serve call; vLLM's generator then aborts the request in the engine, so a client
+disconnect frees its KV cache at once. Logprobs of the sampled tokens are always requested because
+the quality gate needs them; the router strips them for clients that did not ask.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+
+from ray import serve
+
+from deployments.config import LLMConfig
+from deployments.models import llm_folder
+from deployments.protocol import (
+    BadRequest,
+    GenerationDelta,
+    GenerationRequest,
+    GenerationResult,
+    Sampling,
+    ServiceUnavailable,
+    TokenLogprob,
+)
+
+log = logging.getLogger("ray.serve")
+
+
+def engine_dtype(requested: str, has_cuda: bool, cpu_has_bf16: bool) -> str:
+    """float32 on CPUs without native bf16: emulated bf16 is ~5x slower there (measured here)."""
+    if requested != "auto":
+        return requested
+    if has_cuda:
+        return "auto"  # vLLM picks the checkpoint's dtype (bf16/fp16) on GPUs
+    return "bfloat16" if cpu_has_bf16 else "float32"
+
+
+def gpu_memory_utilization(config: LLMConfig) -> float:
+    """Share of the GPU this replica may fill: its Ray GPU fraction, less headroom.
+
+    Two replicas with num_gpus 0.5 each get 0.45, so co-located engines never over-commit.
+    """
+    if config.gpu_memory_utilization is not None:
+        return config.gpu_memory_utilization
+    return round(0.9 * min(config.deployment.num_gpus, 1.0), 3) or 0.9
+
+
+def resolve_max_tokens(sampling: Sampling, config: LLMConfig, prompt_tokens: int) -> int:
+    """Client value checked against the caps; an unset value is fitted into the context left."""
+    room = config.max_model_len - prompt_tokens
+    if room <= 0:
+        raise BadRequest(
+            f"the prompt has {prompt_tokens} tokens; this model's context is "
+            f"{config.max_model_len} tokens (max_model_len), leaving no room for an answer",
+            param="messages", code="context_length_exceeded",
+        )
+    if sampling.max_tokens is None:
+        return max(1, min(config.sampling.max_tokens, config.max_tokens_cap, room))
+    if sampling.max_tokens > config.max_tokens_cap:
+        raise BadRequest(
+            f"max_tokens is {sampling.max_tokens}; this server allows at most "
+            f"{config.max_tokens_cap}", param="max_tokens",
+        )
+    if sampling.max_tokens > room:
+        raise BadRequest(
+            f"the prompt ({prompt_tokens} tokens) plus max_tokens ({sampling.max_tokens}) exceeds "
+            f"this model's context of {config.max_model_len} tokens",
+            param="max_tokens", code="context_length_exceeded",
+        )
+    return sampling.max_tokens
+
+
+@serve.deployment
+class LLMDeployment:
+    async def __init__(self, config: LLMConfig):
+        import torch
+
+        self.config = config
+        started = time.monotonic()
+        has_cuda = torch.cuda.is_available()
+        if not has_cuda:
+            # Ray sets OMP_NUM_THREADS from num_cpus (1 by default): give the engine its threads on
+            # purpose, and let the OS place them (vLLM's auto-binding pins to a fixed core list,
+            # which makes two engines on one host fight over the same cores).
+            threads = config.engine_threads or max(1, int(config.deployment.num_cpus))
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        folder = llm_folder(config.model_source)
+        dtype = engine_dtype(config.dtype, has_cuda, torch.cpu._is_avx512_bf16_supported())
+        args = AsyncEngineArgs(
+            model=str(folder),
+            served_model_name=config.model_id,
+            dtype=dtype,
+            max_model_len=config.max_model_len,
+            max_num_seqs=config.max_num_seqs,
+            disable_log_stats=False,
+            enforce_eager=not config.compile,
+        )
+        if has_cuda:
+            args.gpu_memory_utilization = gpu_memory_utilization(config)
+        else:
+            args.kv_cache_memory_bytes = int(config.kv_cache_gib * (1 << 30))
+        self.engine = AsyncLLM.from_engine_args(args)
+        self.tokenizer = self.engine.tokenizer
+        self._last_progress = time.monotonic()
+        self.dtype = str(self.engine.model_config.dtype).removeprefix("torch.")
+        # The first request through a fresh engine pays its lazy setup (~10 s here): pay it now,
+        # before Serve marks the replica ready.
+        warmup = GenerationRequest(request_id=f"warmup-{os.getpid()}", prompt="Hello",
+                                   sampling=Sampling(max_tokens=2, temperature=0))
+        async for _ in self.stream(warmup):
+            pass
+        self.load_seconds = time.monotonic() - started
+        self.started_at = time.time()
+        log.info("LLM %s (%s) loaded from %s in %.1f s, dtype %s",
+                 config.name, config.model_id, folder, self.load_seconds, self.dtype)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+        from vllm.exceptions import VLLMClientError
+        from vllm.inputs import TokensPrompt
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        prompt_ids = self._prompt_ids(request)
+        params = self._sampling_params(request.sampling, len(prompt_ids))
+        produced = 0
+        try:
+            async for out in self.engine.generate(
+                TokensPrompt(prompt_token_ids=prompt_ids), params, request.request_id
+            ):
+                self._last_progress = time.monotonic()
+                choice = out.outputs[0]
+                produced += len(choice.token_ids)
+                yield GenerationDelta(
+                    text=choice.text,
+                    logprobs=self._logprobs(choice, request.sampling.top_logprobs or 0),
+                    finish_reason=choice.finish_reason if out.finished else None,
+                    prompt_tokens=len(prompt_ids),
+                    completion_tokens=produced,
+                )
+        except EngineDeadError as e:
+            raise ServiceUnavailable(f"LLM tier {self.config.name!r}: engine is dead") from e
+        except VLLMClientError as e:
+            raise BadRequest(str(e)) from e
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        text, logprobs, last = [], [], GenerationDelta()
+        async for delta in self.stream(request):
+            text.append(delta.text)
+            logprobs.extend(delta.logprobs)
+            last = delta
+        return GenerationResult(
+            text="".join(text), logprobs=logprobs, finish_reason=last.finish_reason,
+            prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens,
+            model_id=self.config.model_id, tier=self.config.name,
+        )
+
+    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
+        if request.messages is not None:
+            try:
+                encoded = self.tokenizer.apply_chat_template(
+                    request.messages, add_generation_prompt=True, tokenize=True
+                )
+            except Exception as e:  # the model's own template refused these messages
+                raise BadRequest(f"messages do not fit the model's chat template: {e}",
+                                 param="messages") from e
+            return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+        return self.tokenizer.encode(request.prompt or "")
+
+    def _sampling_params(self, sampling: Sampling, prompt_tokens: int):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        defaults = self.config.sampling
+        return SamplingParams(
+            max_tokens=resolve_max_tokens(sampling, self.config, prompt_tokens),
+            temperature=defaults.temperature if sampling.temperature is None else sampling.temperature,
+            top_p=defaults.top_p if sampling.top_p is None else sampling.top_p,
+            stop=sampling.stop or None,
+            seed=sampling.seed,
+            presence_penalty=sampling.presence_penalty,
+            frequency_penalty=sampling.frequency_penalty,
+            repetition_penalty=(defaults.repetition_penalty if sampling.repetition_penalty is None
+                                else sampling.repetition_penalty),
+            logprobs=sampling.top_logprobs or 0,  # 0: the sampled token's logprob only
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    def _logprobs(self, choice, top: int) -> list[TokenLogprob]:
+        if not choice.logprobs:
+            return []
+        out = []
+        for token_id, candidates in zip(choice.token_ids, choice.logprobs):
+            sampled = candidates.get(token_id)
+            if sampled is None:
+                continue
+            ranked = sorted(candidates.values(), key=lambda lp: lp.rank or 0)[:top] if top else []
+            out.append(TokenLogprob(
+                token=sampled.decoded_token or "",
+                logprob=max(sampled.logprob, -9999.0),
+                top=[(lp.decoded_token or "", max(lp.logprob, -9999.0)) for lp in ranked],
+            ))
+        return out
+
+    # -- health and introspection -----------------------------------------------------------
+
+    def running_requests(self) -> int:
+        return self.engine.get_num_unfinished_requests()
+
+    def info(self) -> dict:
+        return {
+            "tier": self.config.name,
+            "model": self.config.model_id,
+            "dtype": self.dtype,
+            "max_model_len": self.config.max_model_len,
+            "load_seconds": round(self.load_seconds, 2),
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "running_requests": self.running_requests(),
+        }
+
+    async def check_health(self) -> None:
+        """Fails when the engine is dead, or stalled: requests waiting and no token for too long.
+
+        A busy engine keeps producing tokens, so a burst of load does not fail this check.
+        """
+        await self.engine.check_health()
+        if self.running_requests() == 0:
+            self._last_progress = time.monotonic()
+            return
+        idle = time.monotonic() - self._last_progress
+        if idle > self.config.stall_timeout_s:
+            raise RuntimeError(
+                f"engine stalled: {self.running_requests()} requests waiting, no token for {idle:.0f} s"
+            )
+
+    def __del__(self):
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown()

@@ -1,0 +1,359 @@
+"""OpenAI wire protocol and the messages deployments pass each other, in one place.
+
+Requests are validated here so routes stay thin; a validation failure becomes a 400 whose
+`param` names the offending field. Every client-visible failure is an `APIError` subclass that
+knows its status and OpenAI error body; the ingress maps them in one handler.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------
+
+
+class APIError(Exception):
+    """A failure the client sees, as an HTTP status plus the OpenAI error body."""
+
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None,
+                 retry_after_s: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code or self.code
+        self.retry_after_s = retry_after_s
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.param, self.code)
+
+    def __reduce__(self):  # keeps the fields when Ray pickles it between replicas
+        return (_rebuild_error, (type(self), self.message, self.param, self.code, self.retry_after_s))
+
+
+def _rebuild_error(cls, message, param, code, retry_after_s):
+    return cls(message, param=param, code=code, retry_after_s=retry_after_s)
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+class BadRequest(APIError):
+    status, type = 400, "invalid_request_error"
+
+
+class Unauthorized(APIError):
+    status, type, code = 401, "invalid_request_error", "invalid_api_key"
+
+
+class ModelNotFound(APIError):
+    status, type, code = 404, "invalid_request_error", "model_not_found"
+
+
+class PayloadTooLarge(APIError):
+    status, type, code = 413, "invalid_request_error", "request_too_large"
+
+
+class UnsupportedMediaType(APIError):
+    status, type, code = 415, "invalid_request_error", "unsupported_media_type"
+
+
+class Overloaded(APIError):
+    status, type, code = 429, "rate_limit_error", "overloaded"
+
+
+class ServiceUnavailable(APIError):
+    status, type, code = 503, "service_unavailable", "service_unavailable"
+
+
+class RequestTimeout(APIError):
+    status, type, code = 504, "timeout", "request_timeout"
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests
+# ---------------------------------------------------------------------------------------------
+
+
+class Lenient(BaseModel):
+    """OpenAI clients send fields we do not use (user, metadata, ...): ignore them."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+
+class QualityOverride(Lenient):
+    """Per-request override of the quality gate, sent as `extra_body={"quality": {...}}`."""
+
+    enabled: bool | None = None
+    threshold: float | None = Field(None, ge=0, le=1)
+    max_attempts: int | None = Field(None, ge=1, le=8, description="attempts over all tiers")
+    gate_mode: Literal["report", "buffered"] | None = None
+
+
+class StreamOptions(Lenient):
+    include_usage: bool = False
+
+
+class SamplingFields(Lenient):
+    """Fields shared by chat and text completions; None means "the tier's default"."""
+
+    model: str = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int = Field(1, ge=1, le=1, description="one choice per request")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    quality: QualityOverride | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, v):
+        if isinstance(v, list) and len(v) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return v
+
+
+class ChatMessage(Lenient):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        """Text content; image/audio parts are refused rather than silently dropped."""
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        parts = []
+        for part in self.content:
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise ValueError("only text content parts are supported")
+            parts.append(part["text"])
+        return "".join(parts)
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _check(self) -> ChatCompletionRequest:
+        for i, m in enumerate(self.messages):
+            try:
+                m.text()
+            except ValueError as e:
+                raise ValueError(f"messages[{i}].content: {e}") from None
+        if self.max_completion_tokens is not None and self.max_tokens is None:
+            self.max_tokens = self.max_completion_tokens
+        return self
+
+    def chat(self) -> list[dict[str, str]]:
+        return [{"role": m.role, "content": m.text()} for m in self.messages]
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str]
+    logprobs: int | None = Field(None, ge=0, le=5)
+    echo: bool = Field(False)
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, v):
+        if isinstance(v, list):
+            if len(v) != 1:
+                raise ValueError("exactly one prompt per request")
+            v = v[0]
+        if not v:
+            raise ValueError("prompt must not be empty")
+        return v
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, v):
+        if v:
+            raise ValueError("echo is not supported")
+        return v
+
+
+class EmbeddingRequest(Lenient):
+    model: str = Field(min_length=1)
+    input: str | list[str] = Field()
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, v):
+        items = [v] if isinstance(v, str) else v
+        if not items:
+            raise ValueError("input must not be an empty list")
+        if any(not s for s in items):
+            raise ValueError("input strings must not be empty")
+        return v
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class ScorePair(Lenient):
+    prompt: str = Field(min_length=1)
+    answer: str
+    finish_reason: Literal["stop", "length"] = "stop"
+
+
+class QualityScoreRequest(Lenient):
+    """`POST /v1/quality/score`: score given answers without generating."""
+
+    pairs: list[ScorePair] = Field(min_length=1, max_length=256)
+    threshold: float | None = Field(None, ge=0, le=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Between deployments
+# ---------------------------------------------------------------------------------------------
+
+
+class Sampling(BaseModel):
+    """Sampling for one attempt (vLLM SamplingParams fields); None: the tier's default."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] = Field(default_factory=list)
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float | None = None
+    top_logprobs: int | None = None  # top candidates per token the client asked for
+
+
+class GenerationRequest(BaseModel):
+    """What the router asks an LLM tier for: chat messages or a raw prompt, plus sampling."""
+
+    request_id: str
+    messages: list[dict[str, str]] | None = None
+    prompt: str | None = None
+    sampling: Sampling
+
+
+class TokenLogprob(BaseModel):
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = Field(default_factory=list)
+
+
+class GenerationDelta(BaseModel):
+    """One streamed step of a generation: new text and the logprobs of its tokens."""
+
+    text: str = ""
+    logprobs: list[TokenLogprob] = Field(default_factory=list)
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class GenerationResult(BaseModel):
+    text: str
+    logprobs: list[TokenLogprob]
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    model_id: str
+    tier: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses
+# ---------------------------------------------------------------------------------------------
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def chat_logprobs(tokens: list[TokenLogprob]) -> dict:
+    return {
+        "content": [
+            {
+                "token": t.token,
+                "logprob": t.logprob,
+                "bytes": list(t.token.encode()),
+                "top_logprobs": [
+                    {"token": s, "logprob": lp, "bytes": list(s.encode())} for s, lp in t.top
+                ],
+            }
+            for t in tokens
+        ]
+    }
+
+
+def completion_logprobs(tokens: list[TokenLogprob]) -> dict:
+    return {
+        "tokens": [t.token for t in tokens],
+        "token_logprobs": [t.logprob for t in tokens],
+        "top_logprobs": [dict(t.top) for t in tokens],
+        "text_offset": [],
+    }
+
+
+def chat_response(rid: str, result: GenerationResult, want_logprobs: bool,
+                  quality: dict | None) -> dict:
+    body = {
+        "id": rid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": result.model_id,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": result.text},
+            "logprobs": chat_logprobs(result.logprobs) if want_logprobs else None,
+            "finish_reason": result.finish_reason,
+        }],
+        "usage": usage(result.prompt_tokens, result.completion_tokens),
+    }
+    if quality is not None:
+        body["quality"] = quality
+    return body
+
+
+def completion_response(rid: str, result: GenerationResult, want_logprobs: bool,
+                        quality: dict | None) -> dict:
+    body = {
+        "id": rid,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": result.model_id,
+        "choices": [{
+            "index": 0,
+            "text": result.text,
+            "logprobs": completion_logprobs(result.logprobs) if want_logprobs else None,
+            "finish_reason": result.finish_reason,
+        }],
+        "usage": usage(result.prompt_tokens, result.completion_tokens),
+    }
+    if quality is not None:
+        body["quality"] = quality
+    return body

@@ -1,0 +1,349 @@
+"""QualityRouter: generate, score the answer, and act on the score.
+
+Policy, in order: the tier the client named (by model id) tries first; below the threshold it
+retries in the same tier (a new seed, a lower temperature), then escalates to the next, stronger
+tier; the best-scoring answer is returned with its report. A tier that is down is skipped, an
+embedder that is down makes scoring go on without relevance, and only when every tier is down does
+the client get a 503. The plan and the gate are plain functions (`plan_attempts`, `run_gated`), so
+the policy is unit-tested with fake tiers and no Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
+from ray.serve.handle import DeploymentHandle
+
+from deployments import quality
+from deployments.config import LLMConfig, QualityConfig, RouterConfig
+from deployments.protocol import (
+    APIError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    GenerationDelta,
+    GenerationRequest,
+    GenerationResult,
+    ModelNotFound,
+    Sampling,
+    ScorePair,
+    ServiceUnavailable,
+)
+
+log = logging.getLogger("ray.serve")
+
+# Failures that mean "this deployment cannot answer now", as opposed to "this request is bad".
+UNAVAILABLE = (
+    DeploymentUnavailableError, ReplicaUnavailableError, BackPressureError, RayActorError,
+    ActorDiedError, ActorUnavailableError, ServiceUnavailable, asyncio.TimeoutError,
+)
+
+
+class TierUnavailable(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Policy (pure)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Attempt:
+    tier: int
+    sampling: Sampling
+
+
+@dataclass
+class Outcome:
+    result: GenerationResult
+    report: quality.QualityReport | None
+
+
+def plan_attempts(
+    entry: int,
+    tier_temperatures: list[float],
+    sampling: Sampling,
+    attempts_per_tier: int,
+    max_attempts: int,
+    retry_temperature_factor: float,
+) -> list[Attempt]:
+    """Every attempt the gate may make, in order: retries in a tier, then the next tier."""
+    plan: list[Attempt] = []
+    for tier in range(entry, len(tier_temperatures)):
+        temperature = tier_temperatures[tier] if sampling.temperature is None else sampling.temperature
+        for retry in range(attempts_per_tier):
+            if len(plan) == max_attempts:
+                return plan
+            if retry == 0:
+                plan.append(Attempt(tier, sampling))
+                continue
+            if temperature == 0:
+                break  # greedy decoding would only repeat the same answer: escalate instead
+            temperature *= retry_temperature_factor
+            seed = random.getrandbits(31) if sampling.seed is None else sampling.seed + retry
+            plan.append(Attempt(tier, sampling.model_copy(
+                update={"temperature": temperature, "seed": seed})))
+    return plan
+
+
+async def run_gated(
+    plan: list[Attempt],
+    generate: Callable[[Attempt], Awaitable[GenerationResult]],
+    score: Callable[[GenerationResult], Awaitable[quality.QualityReport]] | None,
+) -> Outcome:
+    """Runs the plan until an answer passes; returns the best answer seen.
+
+    `generate` raises TierUnavailable for a tier that is down: its remaining attempts are skipped.
+    With `score` None the gate is off and the first answer is returned unscored.
+    """
+    candidates: list[Outcome] = []
+    down: set[int] = set()
+    for attempt in plan:
+        if attempt.tier in down:
+            continue
+        try:
+            result = await generate(attempt)
+        except TierUnavailable:
+            down.add(attempt.tier)
+            continue
+        if score is None:
+            return Outcome(result, None)
+        report = await score(result)
+        candidates.append(Outcome(result, report))
+        report.attempts = len(candidates)
+        if report.passed:
+            break
+    if not candidates:
+        raise ServiceUnavailable(
+            "no LLM tier is available to answer; try again shortly", code="llm_unavailable",
+            retry_after_s=5,
+        )
+    chosen = candidates[quality.best([c.report for c in candidates])]
+    chosen.report.attempts = len(candidates)
+    return chosen
+
+
+def relevance_text(request: ChatCompletionRequest | CompletionRequest) -> str:
+    """What the answer should be relevant to: the last user turn (or the raw prompt)."""
+    if isinstance(request, CompletionRequest):
+        return request.prompt
+    users = [m.text() for m in request.messages if m.role == "user"]
+    return users[-1] if users else request.messages[-1].text()
+
+
+def sampling_of(request: ChatCompletionRequest | CompletionRequest) -> Sampling:
+    if isinstance(request, ChatCompletionRequest):
+        top = (request.top_logprobs or 0) if request.logprobs else None
+    else:
+        top = request.logprobs
+    stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+    return Sampling(
+        max_tokens=request.max_tokens, temperature=request.temperature, top_p=request.top_p,
+        stop=stop, seed=request.seed, presence_penalty=request.presence_penalty or 0.0,
+        frequency_penalty=request.frequency_penalty or 0.0, top_logprobs=top,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Deployment
+# ---------------------------------------------------------------------------------------------
+
+
+@serve.deployment
+class QualityRouter:
+    def __init__(self, config: RouterConfig, tiers: list[LLMConfig],
+                 tier_handles: list[DeploymentHandle], embedder: DeploymentHandle):
+        self.config = config
+        self.tiers = tiers
+        self.tier_handles = tier_handles
+        self.embedder = embedder
+
+    def model_ids(self) -> list[str]:
+        return list(dict.fromkeys(t.model_id for t in self.tiers))
+
+    def _entry_tier(self, model: str) -> int:
+        for i, tier in enumerate(self.tiers):
+            if model in (tier.model_id, tier.name):
+                return i
+        raise ModelNotFound(
+            f"the model {model!r} does not exist; available: {', '.join(self.model_ids())}",
+            param="model",
+        )
+
+    def _quality_config(self, request) -> tuple[QualityConfig, int, str]:
+        """The gate for this request: config defaults with the client's override on top."""
+        cfg, override = self.config.quality, request.quality
+        attempts = self.config.max_attempts_per_tier * len(self.tiers)
+        mode = self.config.gate_mode
+        if override is not None:
+            update = {k: v for k, v in {"enabled": override.enabled,
+                                        "threshold": override.threshold}.items() if v is not None}
+            cfg = cfg.model_copy(update=update)
+            attempts = override.max_attempts or attempts
+            mode = override.gate_mode or mode
+        return cfg, attempts, mode
+
+    # -- generation -------------------------------------------------------------------------
+
+    async def complete(self, request: ChatCompletionRequest | CompletionRequest,
+                       request_id: str) -> tuple[GenerationResult, dict | None]:
+        """Non-streaming: the gated answer and its quality report."""
+        outcome = await self._gated(request, request_id)
+        return outcome.result, self._report(outcome)
+
+    async def stream(self, request: ChatCompletionRequest | CompletionRequest,
+                     request_id: str) -> AsyncIterator[dict]:
+        """Events: {"start": tier/model}, {"delta": GenerationDelta}..., {"quality": report}.
+
+        'report' mode streams the first attempt at once and scores it at the end; 'buffered'
+        mode runs the whole gate first, then sends the chosen answer (TTFT = full generation).
+        """
+        qcfg, _, mode = self._quality_config(request)
+        if mode == "buffered":
+            outcome = await self._gated(request, request_id)
+            result = outcome.result
+            yield {"start": {"tier": result.tier, "model": result.model_id}}
+            yield {"delta": GenerationDelta(
+                text=result.text, logprobs=result.logprobs, finish_reason=result.finish_reason,
+                prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)}
+            yield {"quality": self._report(outcome)}
+            return
+        entry = self._entry_tier(request.model)
+        generation = self._generation(request, request_id, sampling_of(request))
+        for tier in range(entry, len(self.tiers)):
+            stream = self.tier_handles[tier].options(stream=True).stream.remote(generation)
+            try:
+                first = await asyncio.wait_for(stream.__anext__(), self.config.first_token_timeout_s)
+            except UNAVAILABLE as e:
+                stream.cancel()
+                log.warning("[%s] tier %s unavailable (%s); trying the next",
+                            request_id, self.tiers[tier].name, type(e).__name__)
+                continue
+            except StopAsyncIteration:
+                first = GenerationDelta(finish_reason="stop")
+            break
+        else:
+            raise ServiceUnavailable("no LLM tier is available to answer; try again shortly",
+                                     code="llm_unavailable", retry_after_s=5)
+        cfg = self.tiers[tier]
+        yield {"start": {"tier": cfg.name, "model": cfg.model_id}}
+        deltas = [first]
+        yield {"delta": first}
+        async for delta in stream:
+            deltas.append(delta)
+            yield {"delta": delta}
+        if not qcfg.enabled:
+            return
+        result = GenerationResult(
+            text="".join(d.text for d in deltas),
+            logprobs=[lp for d in deltas for lp in d.logprobs],
+            finish_reason=deltas[-1].finish_reason, prompt_tokens=deltas[-1].prompt_tokens,
+            completion_tokens=deltas[-1].completion_tokens, model_id=cfg.model_id, tier=cfg.name,
+        )
+        report = await self._score(relevance_text(request), result, qcfg)
+        yield {"quality": self._report(Outcome(result, report))}
+
+    async def _gated(self, request, request_id: str) -> Outcome:
+        qcfg, max_attempts, _ = self._quality_config(request)
+        entry = self._entry_tier(request.model)
+        plan = plan_attempts(
+            entry, [t.sampling.temperature for t in self.tiers], sampling_of(request),
+            self.config.max_attempts_per_tier, max_attempts if qcfg.enabled else 1,
+            self.config.retry_temperature_factor,
+        )
+        prompt = relevance_text(request)
+        counter = iter(range(len(plan)))
+
+        async def generate(attempt: Attempt) -> GenerationResult:
+            generation = self._generation(request, f"{request_id}-{next(counter)}", attempt.sampling)
+            try:
+                return await asyncio.wait_for(
+                    self.tier_handles[attempt.tier].generate.remote(generation),
+                    self.config.first_token_timeout_s + 600,
+                )
+            except UNAVAILABLE as e:
+                log.warning("[%s] tier %s unavailable (%s)", request_id,
+                            self.tiers[attempt.tier].name, type(e).__name__)
+                raise TierUnavailable from e
+
+        async def score(result: GenerationResult) -> quality.QualityReport:
+            return await self._score(prompt, result, qcfg)
+
+        return await run_gated(plan, generate, score if qcfg.enabled else None)
+
+    def _generation(self, request, request_id: str, sampling: Sampling) -> GenerationRequest:
+        if isinstance(request, ChatCompletionRequest):
+            return GenerationRequest(request_id=request_id, messages=request.chat(), sampling=sampling)
+        return GenerationRequest(request_id=request_id, prompt=request.prompt, sampling=sampling)
+
+    # -- scoring ----------------------------------------------------------------------------
+
+    async def _score(self, prompt: str, result: GenerationResult,
+                     qcfg: QualityConfig) -> quality.QualityReport:
+        vectors = await self._embed_pair(prompt, result.text)
+        report = quality.score_answer(
+            answer=result.text, finish_reason=result.finish_reason, config=qcfg,
+            prompt_vec=vectors[0] if vectors else None,
+            answer_vec=vectors[1] if vectors else None,
+            token_logprobs=[lp.logprob for lp in result.logprobs],
+        )
+        report.tier, report.model = result.tier, result.model_id
+        return report
+
+    async def _embed_pair(self, prompt: str, answer: str) -> list[list[float]] | None:
+        if not answer.strip():
+            return None
+        try:
+            vectors, _ = await asyncio.wait_for(
+                self.embedder.embed.remote([prompt, answer]), self.config.embedder_timeout_s
+            )
+        except UNAVAILABLE as e:
+            log.warning("embedder unavailable (%s): scoring without relevance", type(e).__name__)
+            return None
+        return vectors.tolist()
+
+    async def score_pairs(self, pairs: list[ScorePair], threshold: float | None) -> list[dict]:
+        """`/v1/quality/score`: text-only components plus relevance (no engine logprobs)."""
+        texts = [t for p in pairs for t in (p.prompt, p.answer or " ")]
+        try:
+            vectors, _ = await asyncio.wait_for(
+                self.embedder.embed.remote(texts), self.config.embedder_timeout_s * 4
+            )
+            vectors = vectors.tolist()
+        except UNAVAILABLE:
+            vectors = None
+        reports = []
+        for i, pair in enumerate(pairs):
+            has_vec = vectors is not None and pair.answer.strip()
+            reports.append(quality.score_answer(
+                answer=pair.answer, finish_reason=pair.finish_reason, config=self.config.quality,
+                prompt_vec=vectors[2 * i] if has_vec else None,
+                answer_vec=vectors[2 * i + 1] if has_vec else None,
+                threshold=threshold,
+            ).to_dict())
+        return reports
+
+    def _report(self, outcome: Outcome) -> dict | None:
+        return None if outcome.report is None else outcome.report.to_dict()
+
+    async def tier_info(self) -> list[dict]:
+        """Per-tier status for /health; a tier that does not answer in 5 s is reported down."""
+        async def one(i: int) -> dict:
+            try:
+                info = await asyncio.wait_for(self.tier_handles[i].info.remote(), 5)
+                return {"status": "ok", **info}
+            except (APIError, *UNAVAILABLE) as e:
+                return {"status": "unavailable", "tier": self.tiers[i].name,
+                        "model": self.tiers[i].model_id, "error": type(e).__name__}
+        return list(await asyncio.gather(*(one(i) for i in range(len(self.tiers)))))
