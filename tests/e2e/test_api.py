@@ -1,0 +1,176 @@
+"""The OpenAI API of the real graph, driven by the official openai client and httpx."""
+
+import json
+import time
+
+import numpy as np
+import openai
+import pytest
+
+CHAT = "smollm2-135m-instruct"
+EMBED = "all-minilm-l6-v2"
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+NO_GATE = {"quality": {"enabled": False}}
+
+
+def test_chat_answers_paris_with_usage_and_quality(client):
+    raw = client.chat.completions.with_raw_response.create(
+        model=CHAT, messages=FRANCE, temperature=0, max_tokens=32)
+    resp = raw.parse()
+    assert "Paris" in resp.choices[0].message.content
+    assert resp.choices[0].finish_reason == "stop"
+    assert resp.usage.prompt_tokens > 0 and resp.usage.completion_tokens > 0
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+    quality = resp.model_extra["quality"]
+    assert quality["passed"] and 0 <= quality["score"] <= 1
+    assert set(quality["components"]) == {"relevance", "confidence", "repetition", "completeness"}
+    assert raw.headers["x-served-by"] == "fast/" + CHAT
+    assert float(raw.headers["x-quality-score"]) == pytest.approx(quality["score"], abs=1e-3)
+    assert resp.choices[0].logprobs is None  # asked for internally, never leaked
+
+
+def test_stream_reassembles_to_the_non_stream_text(client):
+    messages = [{"role": "user", "content": "Name three colours of the rainbow."}]
+    whole = client.chat.completions.create(model=CHAT, messages=messages, temperature=0,
+                                           max_tokens=48, extra_body=NO_GATE)
+    chunks = list(client.chat.completions.create(
+        model=CHAT, messages=messages, temperature=0, max_tokens=48, stream=True,
+        stream_options={"include_usage": True}, extra_body=NO_GATE))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content and text
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+
+
+def test_stream_carries_quality_in_the_last_chunk_before_done(http):
+    with http.stream("POST", "/v1/chat/completions", json={
+            "model": CHAT, "messages": FRANCE, "temperature": 0, "max_tokens": 32,
+            "stream": True}) as r:
+        assert r.status_code == 200 and r.headers["x-served-by"].startswith("fast/")
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    last = json.loads(events[-2])
+    assert last["choices"][0]["finish_reason"] == "stop"
+    assert last["quality"]["passed"] and last["quality"]["tier"] == "fast"
+    assert all("quality" not in json.loads(e) for e in events[:-2])
+
+
+def test_text_completion(client):
+    resp = client.completions.create(model=CHAT, prompt="The capital of France is", temperature=0,
+                                     max_tokens=8, logprobs=2)
+    choice = resp.choices[0]
+    assert choice.text.strip() and resp.usage.completion_tokens <= 8
+    assert len(choice.logprobs.tokens) == resp.usage.completion_tokens
+    assert all(len(top) <= 2 for top in choice.logprobs.top_logprobs)
+
+
+def test_chat_logprobs_when_asked(client):
+    resp = client.chat.completions.create(model=CHAT, messages=FRANCE, temperature=0, max_tokens=8,
+                                          logprobs=True, top_logprobs=3, extra_body=NO_GATE)
+    content = resp.choices[0].logprobs.content
+    assert content and all(tok.logprob <= 0 and len(tok.top_logprobs) <= 3 for tok in content)
+
+
+def test_embeddings_float_and_base64_agree(client):
+    texts = ["The cat sits on the mat.", "A kitten is resting on a rug.", "GDP rose 3% last quarter."]
+    floats = client.embeddings.create(model=EMBED, input=texts, encoding_format="float")
+    b64 = client.embeddings.create(model=EMBED, input=texts, encoding_format="base64")
+    a = np.array([d.embedding for d in floats.data], dtype=np.float32)
+    b = np.array([d.embedding for d in b64.data], dtype=np.float32)
+    assert a.shape == (3, 384) and np.array_equal(a, b)
+    assert np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-4)
+    assert floats.usage.prompt_tokens > 0
+    related, unrelated = a[0] @ a[1], a[0] @ a[2]
+    assert related > unrelated + 0.2
+    single = client.embeddings.create(model=EMBED, input=texts[0])
+    assert np.allclose(single.data[0].embedding, a[0], atol=1e-5)
+
+
+def test_models_list(client):
+    ids = {m.id for m in client.models.list()}
+    assert ids == {CHAT, EMBED}
+
+
+def test_typed_errors_with_openai_body(client, http):
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=FRANCE)
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="no-such-model", input="x")
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=CHAT, messages=[{"role": "wizard", "content": "x"}])
+    assert e.value.body["param"] == "messages[0].role"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=CHAT, messages=FRANCE, max_tokens=100_000)
+    assert "at most" in e.value.body["message"] and e.value.body["param"] == "max_tokens"
+    r = http.post("/v1/chat/completions", content=b"{oops", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+    r = http.post("/v1/embeddings", json={"model": EMBED, "input": []})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input"
+
+
+def test_low_threshold_forces_retries_and_escalation(client):
+    raw = client.chat.completions.with_raw_response.create(
+        model=CHAT, messages=FRANCE, max_tokens=24, extra_body={"quality": {"threshold": 0.999}})
+    quality = raw.parse().model_extra["quality"]
+    # 2 attempts in 'fast', then 2 in 'careful'; the best of the four is returned.
+    assert quality["attempts"] == 4 and not quality["passed"] and quality["threshold"] == 0.999
+    assert raw.headers["x-served-by"] == f"{quality['tier']}/{CHAT}"
+    capped = client.chat.completions.create(
+        model=CHAT, messages=FRANCE, max_tokens=24,
+        extra_body={"quality": {"threshold": 0.999, "max_attempts": 1}})
+    assert capped.model_extra["quality"]["attempts"] == 1
+
+
+def test_buffered_stream_gates_before_sending(http):
+    with http.stream("POST", "/v1/chat/completions", json={
+            "model": CHAT, "messages": FRANCE, "max_tokens": 24, "stream": True,
+            "quality": {"threshold": 0.999, "gate_mode": "buffered"}}) as r:
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and json.loads(events[-2])["quality"]["attempts"] == 4
+
+
+def test_quality_score_endpoint_ranks_good_over_bad(http):
+    q = "What is the boiling point of water at sea level?"
+    r = http.post("/v1/quality/score", json={"pairs": [
+        {"prompt": q, "answer": "Water boils at 100 degrees Celsius at sea level."},
+        {"prompt": q, "answer": "The Great Wall of China is very long."},
+        {"prompt": q, "answer": "Water boils at " * 20},
+        {"prompt": q, "answer": ""},
+    ]})
+    assert r.status_code == 200
+    scores = [d["score"] for d in r.json()["data"]]
+    assert scores[0] > 0.8 and scores[0] > max(scores[1:])
+    assert r.json()["data"][0]["degraded"] == ["confidence"]  # no engine logprobs for given text
+
+
+def test_health_reports_each_deployment(http):
+    r = http.get("/health")
+    body = r.json()
+    assert r.status_code == 200 and body["status"] == "ok"
+    tiers = body["deployments"]["llm_tiers"]
+    assert [t["tier"] for t in tiers] == ["fast", "careful"]
+    assert all(t["load_seconds"] > 0 and t["dtype"] == "float32" for t in tiers)
+    assert body["deployments"]["embedder"]["dimensions"] == 384
+
+
+def test_client_disconnect_aborts_generation(http, base_url):
+    import httpx
+
+    body = {"model": CHAT, "max_tokens": 800, "temperature": 1.0, "stream": True,
+            "messages": [{"role": "user", "content": "Write a very long story about a dragon."}]}
+    with httpx.Client(base_url=base_url, timeout=60) as c:
+        with c.stream("POST", "/v1/chat/completions", json=body) as r:
+            for i, _ in enumerate(r.iter_lines()):
+                if i >= 5:
+                    break  # leaving the block closes the connection mid-stream
+
+    def running() -> int:
+        return http.get("/health").json()["deployments"]["llm_tiers"][0]["running_requests"]
+
+    deadline = time.monotonic() + 5
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert running() == 0
+    assert "Paris" in http.post("/v1/chat/completions", json={
+        "model": CHAT, "messages": FRANCE, "temperature": 0, "max_tokens": 16}).json()[
+        "choices"][0]["message"]["content"]

@@ -1,0 +1,133 @@
+"""The router's policy with fake tiers (test doubles live here, never in deployments/)."""
+
+import asyncio
+
+import pytest
+
+from deployments.config import QualityConfig
+from deployments.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    GenerationResult,
+    Sampling,
+    ServiceUnavailable,
+)
+from deployments.quality import score_answer
+from deployments.router import (
+    TierUnavailable,
+    plan_attempts,
+    relevance_text,
+    run_gated,
+    sampling_of,
+)
+
+
+def result(text: str, tier: int) -> GenerationResult:
+    return GenerationResult(text=text, logprobs=[], finish_reason="stop", prompt_tokens=3,
+                            completion_tokens=len(text.split()), model_id="m", tier=f"t{tier}")
+
+
+class FakeTiers:
+    """Each tier answers from a script; 'DOWN' raises TierUnavailable."""
+
+    def __init__(self, scripts: dict[int, list[str]]):
+        self.scripts = {k: list(v) for k, v in scripts.items()}
+        self.calls: list[tuple[int, float | None]] = []
+
+    async def generate(self, attempt):
+        self.calls.append((attempt.tier, attempt.sampling.temperature))
+        text = self.scripts[attempt.tier].pop(0)
+        if text == "DOWN":
+            raise TierUnavailable()
+        return result(text, attempt.tier)
+
+
+async def score(res: GenerationResult):
+    # Text-only scoring: an answer ending mid-sentence or looping fails the 0.9 bar.
+    return score_answer(answer=res.text, finish_reason=res.finish_reason,
+                        config=QualityConfig(threshold=0.9))
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_plan_retries_with_lower_temperature_then_escalates():
+    plan = plan_attempts(0, [0.8, 0.2], Sampling(), attempts_per_tier=2, max_attempts=10,
+                         retry_temperature_factor=0.5)
+    assert [(a.tier, a.sampling.temperature) for a in plan] == [
+        (0, None), (0, 0.4), (1, None), (1, 0.1)]
+    assert plan[1].sampling.seed is not None  # a retry samples with a new seed
+
+
+def test_plan_respects_entry_tier_and_max_attempts_and_greedy():
+    plan = plan_attempts(1, [0.8, 0.2], Sampling(), 3, 2, 0.5)
+    assert [a.tier for a in plan] == [1, 1]
+    greedy = plan_attempts(0, [0.8, 0.2], Sampling(temperature=0), 3, 10, 0.5)
+    assert [a.tier for a in greedy] == [0, 1]  # retrying greedy decoding repeats itself
+    assert plan_attempts(0, [0.8], Sampling(seed=7), 2, 10, 0.5)[1].sampling.seed == 8
+
+
+def test_first_passing_answer_is_returned():
+    tiers = FakeTiers({0: ["Paris is the capital of France."], 1: []})
+    plan = plan_attempts(0, [0.8, 0.2], Sampling(), 2, 10, 0.5)
+    out = run(run_gated(plan, tiers.generate, score))
+    assert out.result.tier == "t0" and out.report.passed and out.report.attempts == 1
+    assert len(tiers.calls) == 1
+
+
+def test_low_score_retries_then_escalates_and_returns_best():
+    tiers = FakeTiers({0: ["cut off in the", "again cut off in"],
+                       1: ["also cut", "A complete answer."]})
+    plan = plan_attempts(0, [0.8, 0.2], Sampling(), 2, 10, 0.5)
+    out = run(run_gated(plan, tiers.generate, score))
+    assert [c[0] for c in tiers.calls] == [0, 0, 1, 1]
+    assert out.result.text == "A complete answer." and out.report.attempts == 4
+
+
+def test_all_attempts_fail_returns_best_candidate_not_passed():
+    tiers = FakeTiers({0: ["no end here", "Ends well."], 1: ["x y z", "nope no"]})
+    plan = plan_attempts(0, [0.8, 0.2], Sampling(), 2, 10, 0.5)
+
+    async def strict(res):
+        return score_answer(answer=res.text, finish_reason="stop", config=QualityConfig(threshold=1.0),
+                            token_logprobs=[-5.0])
+
+    out = run(run_gated(plan, tiers.generate, strict))
+    assert not out.report.passed and out.report.attempts == 4
+    assert out.result.text == "Ends well."
+
+
+def test_down_tier_is_skipped_and_next_serves():
+    tiers = FakeTiers({0: ["DOWN", "never asked"], 1: ["Served by the next tier."]})
+    plan = plan_attempts(0, [0.8, 0.2], Sampling(), 2, 10, 0.5)
+    out = run(run_gated(plan, tiers.generate, score))
+    assert out.result.tier == "t1" and [c[0] for c in tiers.calls] == [0, 1]
+
+
+def test_every_tier_down_is_503():
+    tiers = FakeTiers({0: ["DOWN"], 1: ["DOWN"]})
+    plan = plan_attempts(0, [0.8, 0.2], Sampling(), 2, 10, 0.5)
+    with pytest.raises(ServiceUnavailable) as e:
+        run(run_gated(plan, tiers.generate, score))
+    assert e.value.status == 503 and e.value.retry_after_s
+
+
+def test_gate_off_returns_first_answer_unscored():
+    tiers = FakeTiers({0: ["cut off in the"]})
+    out = run(run_gated(plan_attempts(0, [0.8], Sampling(), 2, 1, 0.5), tiers.generate, None))
+    assert out.report is None and out.result.text == "cut off in the"
+
+
+def test_request_mapping():
+    chat = ChatCompletionRequest.model_validate({
+        "model": "m", "messages": [{"role": "system", "content": "be brief"},
+                                   {"role": "user", "content": "capital of France?"}],
+        "stop": "\n", "logprobs": True, "top_logprobs": 2, "max_completion_tokens": 9})
+    assert relevance_text(chat) == "capital of France?"
+    s = sampling_of(chat)
+    assert s.stop == ["\n"] and s.top_logprobs == 2 and s.max_tokens == 9
+    assert sampling_of(ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "x"}]})).top_logprobs is None
+    comp = CompletionRequest.model_validate({"model": "m", "prompt": ["Once upon"], "logprobs": 0})
+    assert relevance_text(comp) == "Once upon" and sampling_of(comp).top_logprobs == 0
