@@ -144,7 +144,7 @@ class QualityConfig(Strict):
     """How an answer is scored; see deployments/quality.py and the README."""
 
     enabled: bool = True
-    threshold: float = Field(0.6, ge=0, le=1)
+    threshold: float = Field(0.8, ge=0, le=1)
     weights: QualityWeights = Field(default_factory=QualityWeights)
     relevance_floor: float = Field(
         0.05, description="cosine at or below which relevance scores 0"

@@ -1,5 +1,6 @@
 """The OpenAI API of the real graph, driven by the official openai client and httpx."""
 
+import base64
 import json
 import time
 
@@ -76,7 +77,8 @@ def test_embeddings_float_and_base64_agree(client):
     floats = client.embeddings.create(model=EMBED, input=texts, encoding_format="float")
     b64 = client.embeddings.create(model=EMBED, input=texts, encoding_format="base64")
     a = np.array([d.embedding for d in floats.data], dtype=np.float32)
-    b = np.array([d.embedding for d in b64.data], dtype=np.float32)
+    # base64 is the raw little-endian float32 bytes, as OpenAI sends them.
+    b = np.array([np.frombuffer(base64.b64decode(d.embedding), dtype="<f4") for d in b64.data])
     assert a.shape == (3, 384) and np.array_equal(a, b)
     assert np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-4)
     assert floats.usage.prompt_tokens > 0
