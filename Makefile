@@ -33,21 +33,24 @@ $(MODELS_STAMP): $(STAMP)
 	$(PY) -m deployments.models
 	@touch $@
 
-# Ray on loopback: the dashboard (8265) and the Ray ports can run code for whoever reaches them.
+# Ray on loopback: the dashboard (8265) and the Ray ports can run code for whoever reaches them,
+# so Ray's token auth stays on (token in ~/.ray/auth_token; the ray/serve CLIs read it).
+RAY_CLI := RAY_AUTH_MODE=token $(VENV)/bin
 ray-up: setup
-	@$(VENV)/bin/ray status >/dev/null 2>&1 || $(VENV)/bin/ray start --head --num-cpus 2 \
+	@$(RAY_CLI)/ray get-auth-token --generate >/dev/null
+	@$(RAY_CLI)/ray status >/dev/null 2>&1 || $(RAY_CLI)/ray start --head --num-cpus 2 \
 	  --node-ip-address 127.0.0.1 --dashboard-host 127.0.0.1 --dashboard-port 8265 --disable-usage-stats
 
 serve: ray-up
 	@echo ">> serving on http://127.0.0.1:8000 (dashboard http://127.0.0.1:8265); Ctrl-C stops"
-	$(VENV)/bin/serve run serve_config.yaml
+	$(RAY_CLI)/serve run serve_config.yaml
 
 deploy: ray-up
-	$(VENV)/bin/serve deploy serve_config.yaml
-	@echo ">> deployed; watch it with: $(VENV)/bin/serve status"
+	$(RAY_CLI)/serve deploy serve_config.yaml
+	@echo ">> deployed; watch it with: RAY_AUTH_MODE=token $(VENV)/bin/serve status"
 
 stop:
-	-$(VENV)/bin/ray stop --force
+	-$(RAY_CLI)/ray stop --force
 
 test: setup
 	$(PY) -m pytest -q tests
