@@ -160,6 +160,9 @@ class RouterConfig(Strict):
     first_token_timeout_s: float = Field(
         60.0, gt=0, description="a tier that yields nothing this long counts as down"
     )
+    generation_timeout_s: float = Field(
+        300.0, gt=0, description="a non-streamed attempt taking longer counts as its tier down"
+    )
     embedder_timeout_s: float = Field(
         5.0, gt=0, description="scoring goes on without relevance past this"
     )

@@ -270,7 +270,7 @@ class QualityRouter:
             try:
                 return await asyncio.wait_for(
                     self.tier_handles[attempt.tier].generate.remote(generation),
-                    self.config.first_token_timeout_s + 600,
+                    self.config.generation_timeout_s,
                 )
             except UNAVAILABLE as e:
                 log.warning("[%s] tier %s unavailable (%s)", request_id,
