@@ -115,8 +115,7 @@ class LLMDeployment:
         # before Serve marks the replica ready.
         warmup = GenerationRequest(request_id=f"warmup-{os.getpid()}", prompt="Hello",
                                    sampling=Sampling(max_tokens=2, temperature=0))
-        async for _ in self.stream(warmup):
-            pass
+        await self.generate(warmup)
         self.load_seconds = time.monotonic() - started
         self.started_at = time.time()
         log.info("LLM %s (%s) loaded from %s in %.1f s, dtype %s",

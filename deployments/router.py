@@ -50,7 +50,7 @@ UNAVAILABLE = (
 
 
 class TierUnavailable(Exception):
-    pass
+    """A tier could not take this attempt (no replica, replica died, timed out)."""
 
 
 # ---------------------------------------------------------------------------------------------
