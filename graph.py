@@ -25,10 +25,11 @@ def build(config: GraphConfig) -> Application:
     ).bind(config.embedder)
     router = QualityRouter.options(
         **config.router.deployment.serve_options(config.router.name)
-    ).bind(config.router, config.tiers, tiers, embedder)
+    ).bind(config.router, config.tiers, tiers, embedder, config.embedder.name)
     return Ingress.options(
         **config.ingress.deployment.serve_options(config.ingress.name)
-    ).bind(config.ingress, config.embedder, router, embedder)
+    ).bind(config.ingress, config.embedder, router, embedder,
+           [t.name for t in config.tiers], config.router.name)
 
 
 def app_builder(args: dict) -> Application:

@@ -166,6 +166,12 @@ class RouterConfig(Strict):
     embedder_timeout_s: float = Field(
         5.0, gt=0, description="scoring goes on without relevance past this"
     )
+    probe_interval_s: float = Field(
+        2.0, gt=0, description="how often the router asks each tier and the embedder for `info`"
+    )
+    probe_timeout_s: float = Field(
+        10.0, gt=0, description="a deployment whose probe takes longer is skipped until one answers"
+    )
     max_attempts_per_tier: int = Field(2, ge=1)
     retry_temperature_factor: float = Field(
         0.5, ge=0, le=1, description="a retry samples at this fraction of the last temperature"

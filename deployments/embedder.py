@@ -14,6 +14,7 @@ import time
 import numpy as np
 from ray import serve
 
+from deployments import metrics
 from deployments.config import EmbedderConfig
 from deployments.models import embedder_folder
 from deployments.protocol import BadRequest
@@ -41,6 +42,7 @@ class EmbedderDeployment:
         self.started_at = time.time()
         self._encode_batch.set_max_batch_size(config.max_batch_size)
         self._encode_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        metrics.observe("graphserve_model_load_seconds", self.load_seconds, model=config.model_id)
         log.info("embedder %s loaded from %s on %s in %.1f s (%d dims)",
                  config.model_id, folder, device, self.load_seconds, self.dimensions)
 
@@ -61,7 +63,10 @@ class EmbedderDeployment:
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
     async def _encode_batch(self, requests: list[list[str]]) -> list[tuple[np.ndarray, int]]:
         flat = [t for texts in requests for t in texts]
+        started = time.monotonic()
         vectors, tokens = await asyncio.to_thread(self._encode, flat)
+        metrics.observe("graphserve_embedder_batch_latency_seconds", time.monotonic() - started)
+        metrics.observe("graphserve_embedder_batch_size", len(flat))
         out, start = [], 0
         for texts in requests:
             end = start + len(texts)

@@ -27,6 +27,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.config import EmbedderConfig, IngressConfig
+from deployments.metrics import RequestMetrics
 from deployments.protocol import (
     APIError,
     BadRequest,
@@ -53,6 +54,9 @@ from deployments.router import UNAVAILABLE
 
 log = logging.getLogger("ray.serve")
 app = FastAPI(title="graphserve", docs_url=None, redoc_url=None)
+ROUTES = frozenset({"/health", "/v1/models", "/v1/chat/completions", "/v1/completions",
+                    "/v1/embeddings", "/v1/quality/score"})
+app.add_middleware(RequestMetrics, routes=ROUTES)
 Body = TypeVar("Body", bound=BaseModel)
 
 
@@ -77,14 +81,15 @@ def error_response(exc: BaseException) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
-@app.exception_handler(Exception)
-async def _any_error(request: Request, exc: Exception) -> JSONResponse:
+async def _error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc)
 
 
-@app.exception_handler(APIError)
-async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-    return error_response(exc)
+# Known failures get their own handlers: Starlette re-raises whatever reaches the catch-all
+# `Exception` handler, and Serve's proxy may then replace our body with its own plain text.
+for _known in {APIError, RayTaskError, *UNAVAILABLE}:
+    app.add_exception_handler(_known, _error)
+app.add_exception_handler(Exception, _error)  # the unexpected: a 500 with the OpenAI body
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -132,53 +137,92 @@ def sse(data: dict | str) -> bytes:
 @serve.deployment
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, config: IngressConfig, embedder_config: EmbedderConfig,
-                 router: DeploymentHandle, embedder: DeploymentHandle):
+    async def __init__(self, config: IngressConfig, embedder_config: EmbedderConfig,
+                 router: DeploymentHandle, embedder: DeploymentHandle,
+                 tier_names: list[str], router_name: str):
         self.config = config
         self.embedder_config = embedder_config
+        self.tier_names = tier_names
+        self.router_name = router_name
         self.router = router
         self.embedder = embedder
         # Read from the environment, never from the YAML, so the key is not in version control.
         self.api_key = os.environ.get(config.api_key_env) or None
         self.model_ids: list[str] | None = None
+        # A fresh handle learns its deployment's state on first use, and that first call waits
+        # forever on a deployment that failed to start: make it now, off the request path.
+        self._handle_warmup = asyncio.create_task(self._warm(embedder))
+
+    @staticmethod
+    async def _warm(handle: DeploymentHandle) -> None:
+        try:
+            await asyncio.wait_for(handle.info.remote(), 60)
+        except Exception as e:  # reported by /health; nothing to raise to
+            log.warning("%s did not answer its first call: %s", handle.deployment_name,
+                        type(e).__name__)
 
     def _authorize(self, request: Request) -> None:
         if self.api_key is None:
             return
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), self.api_key.encode()):
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                                 self.api_key.encode()):
             raise Unauthorized("a valid API key is required (Authorization: Bearer <key>)")
 
     async def _bounded(self, awaitable):
+        """A downstream call with the request timeout; its failures become our API errors here,
+        because Serve installs its own FastAPI handlers for BackPressureError and
+        DeploymentUnavailableError, which would answer with a plain-text body."""
         try:
             return await asyncio.wait_for(awaitable, self.config.request_timeout_s)
         except asyncio.TimeoutError:
             raise RequestTimeout(
                 f"the request took longer than {self.config.request_timeout_s:.0f} s"
             ) from None
+        except APIError:
+            raise
+        except Exception as e:
+            raise to_api_error(e) from None
 
     # -- routes -----------------------------------------------------------------------------
 
     @app.get("/health")
     async def health(self) -> JSONResponse:
-        tiers, embedder = await asyncio.gather(
-            self.router.tier_info.remote(), self._embedder_info(), return_exceptions=True
-        )
-        if isinstance(tiers, BaseException):
-            tiers = [{"status": "unavailable", "error": type(tiers).__name__}]
-        llm_ok = any(t["status"] == "ok" for t in tiers)
-        body = {
-            "status": "ok" if llm_ok and embedder["status"] == "ok" else
-                      "degraded" if llm_ok else "unavailable",
-            "deployments": {"llm_tiers": tiers, "embedder": embedder},
-        }
-        return JSONResponse(body, status_code=200 if llm_ok else 503)
+        """Per deployment: the router's last probe (model, load time, uptime) and Serve's replicas.
 
-    async def _embedder_info(self) -> dict:
-        try:
-            return {"status": "ok", **await asyncio.wait_for(self.embedder.info.remote(), 5)}
-        except Exception as e:  # reported, not raised: /health describes failures
-            return {"status": "unavailable", "error": type(e).__name__}
+        200 while at least one LLM tier can answer ("ok", or "degraded" when something is down),
+        503 when none can.
+        """
+        probes, serve_status = await asyncio.gather(
+            asyncio.wait_for(self.router.status.remote(), 5),
+            asyncio.wait_for(asyncio.to_thread(serve.status), 5),
+            return_exceptions=True,
+        )
+        if isinstance(probes, BaseException):
+            probes = {}
+            router = {"status": "unavailable", "error": type(probes).__name__}
+        else:
+            router = {"status": "ok"}
+        deployments = {
+            **{t: {"role": "llm", **probes.get(t, {"status": "unknown"})} for t in self.tier_names},
+            self.embedder_config.name: {"role": "embedder",
+                                        **probes.get(self.embedder_config.name, {"status": "unknown"})},
+            self.router_name: {"role": "router", **router},
+            self.config.name: {"role": "ingress", "status": "ok"},
+        }
+        if not isinstance(serve_status, BaseException):
+            app_status = serve_status.applications.get(serve.get_replica_context().app_name)
+            for name, overview in (app_status.deployments if app_status else {}).items():
+                if name in deployments:
+                    deployments[name]["serve_status"] = overview.status.value
+                    deployments[name]["replicas"] = {
+                        state.value if hasattr(state, "value") else str(state): count
+                        for state, count in overview.replica_states.items()}
+        llm_ok = any(deployments[t]["status"] == "ok" for t in self.tier_names)
+        all_ok = all(d["status"] == "ok" for d in deployments.values())
+        status = "ok" if all_ok else "degraded" if llm_ok else "unavailable"
+        return JSONResponse({"status": status, "deployments": deployments},
+                            status_code=200 if llm_ok else 503)
 
     async def _chat_model_ids(self) -> list[str]:
         if self.model_ids is None:  # fixed by the config: ask the router once
@@ -207,8 +251,7 @@ class Ingress:
 
     async def _generate(self, request: Request, body, chat: bool):
         if body.model not in await self._chat_model_ids():  # a 404 here spares the router a traceback
-            raise ModelNotFound(f"the model {body.model!r} does not exist; available: "
-                                f"{', '.join(self.model_ids)}", param="model")
+            raise ModelNotFound.named(body.model, self.model_ids)
         # Serve's proxy sets x-request-id (the client's, or a new one) and tags its logs with it.
         rid = request.headers.get("x-request-id") or new_id("chatcmpl" if chat else "cmpl")
         want_logprobs = bool(body.logprobs) if chat else body.logprobs is not None
@@ -216,7 +259,8 @@ class Ingress:
             return await self._stream(rid, body, chat, want_logprobs)
         result, report = await self._bounded(self.router.complete.remote(body, rid))
         make = chat_response if chat else completion_response
-        headers = {"x-request-id": rid, "x-served-by": f"{result.tier}/{result.model_id}"}
+        # Serve's proxy puts x-request-id on every response; adding it here would duplicate it.
+        headers = {"x-served-by": f"{result.tier}/{result.model_id}"}
         if report is not None:
             headers["x-quality-score"] = f"{report['score']:.4f}"
         return JSONResponse(make(rid, result, want_logprobs, report), headers=headers)
@@ -271,7 +315,7 @@ class Ingress:
                            "usage": usage(last.prompt_tokens, last.completion_tokens), **(report or {})})
             yield sse("[DONE]")
 
-        headers = {"x-request-id": rid, "x-served-by": f"{start['tier']}/{start['model']}",
+        headers = {"x-served-by": f"{start['tier']}/{start['model']}",
                    "cache-control": "no-cache"}
         return StreamingResponse(body_iter(), media_type="text/event-stream", headers=headers)
 
@@ -280,9 +324,7 @@ class Ingress:
         self._authorize(request)
         body = await read_json(request, EmbeddingRequest, self.config.max_body_bytes)
         if body.model != self.embedder_config.model_id:
-            raise ModelNotFound(
-                f"the embedding model {body.model!r} does not exist; available: "
-                f"{self.embedder_config.model_id}", param="model")
+            raise ModelNotFound.named(body.model, [self.embedder_config.model_id], "embedding model")
         vectors, tokens = await self._bounded(self.embedder.embed.remote(body.texts()))
         if body.dimensions is not None and body.dimensions != vectors.shape[1]:
             raise BadRequest(f"this model returns {vectors.shape[1]} dimensions; "

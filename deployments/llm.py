@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 from ray import serve
 
+from deployments import memory, metrics
 from deployments.config import LLMConfig
 from deployments.models import llm_folder
 from deployments.protocol import (
@@ -81,6 +82,7 @@ class LLMDeployment:
 
         self.config = config
         started = time.monotonic()
+        folder = llm_folder(config.model_source)  # a missing model fails here, before vLLM starts
         has_cuda = torch.cuda.is_available()
         if not has_cuda:
             # Ray sets OMP_NUM_THREADS from num_cpus (1 by default): give the engine its threads on
@@ -89,11 +91,15 @@ class LLMDeployment:
             threads = config.engine_threads or max(1, int(config.deployment.num_cpus))
             os.environ["OMP_NUM_THREADS"] = str(threads)
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        # vLLM re-applies a logging dictConfig while building its engine, which closes every
+        # existing handler, Serve's replica log file included: keep Ray's logging as it is.
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
+        from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
-        folder = llm_folder(config.model_source)
         dtype = engine_dtype(config.dtype, has_cuda, torch.cpu._is_avx512_bf16_supported())
+        self.memory = self._preflight(folder, dtype, has_cuda)
         args = AsyncEngineArgs(
             model=str(folder),
             served_model_name=config.model_id,
@@ -107,7 +113,8 @@ class LLMDeployment:
             args.gpu_memory_utilization = gpu_memory_utilization(config)
         else:
             args.kv_cache_memory_bytes = int(config.kv_cache_gib * (1 << 30))
-        self.engine = AsyncLLM.from_engine_args(args)
+        # vLLM's own metrics (TTFT, time per output token, tokens, queue) through Ray's exporter.
+        self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[RayPrometheusStatLogger])
         self.tokenizer = self.engine.tokenizer
         self._last_progress = time.monotonic()
         self.dtype = str(self.engine.model_config.dtype).removeprefix("torch.")
@@ -118,8 +125,33 @@ class LLMDeployment:
         await self.generate(warmup)
         self.load_seconds = time.monotonic() - started
         self.started_at = time.time()
-        log.info("LLM %s (%s) loaded from %s in %.1f s, dtype %s",
-                 config.name, config.model_id, folder, self.load_seconds, self.dtype)
+        metrics.observe("graphserve_model_load_seconds", self.load_seconds, model=config.model_id)
+        log.info("LLM %s (%s) loaded from %s in %.1f s (%.2f GB of weights read), dtype %s; "
+                 "memory estimate %.2f GiB of %.2f GiB available", config.name, config.model_id,
+                 folder, self.load_seconds, self.memory["weights_bytes_read"] / 1e9, self.dtype,
+                 self.memory["estimate_gib"], self.memory["available_gib"])
+
+    def _preflight(self, folder, dtype: str, has_cuda: bool) -> dict:
+        """Fail before loading when the model cannot fit (see deployments/memory.py)."""
+        import psutil
+        import torch
+
+        cfg = memory.read_config(folder)
+        if dtype == "auto":
+            dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16")
+        if has_cuda:
+            share = gpu_memory_utilization(self.config)
+            available = int(torch.cuda.get_device_properties(0).total_memory * share)
+            where = f"this replica ({share:.0%} of the GPU, from num_gpus)"
+            kv_gib = None
+        else:
+            available, where, kv_gib = psutil.virtual_memory().available, "this host (free RAM)", \
+                self.config.kv_cache_gib
+        est = memory.check(cfg, dtype, self.config.max_model_len, kv_gib, available, where)
+        weights_on_disk = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+        return {"estimate_gib": round(est.total_bytes / memory.GIB, 2),
+                "available_gib": round(available / memory.GIB, 2),
+                "weights_bytes_read": weights_on_disk}
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -221,6 +253,8 @@ class LLMDeployment:
             "dtype": self.dtype,
             "max_model_len": self.config.max_model_len,
             "load_seconds": round(self.load_seconds, 2),
+            "weights_bytes_read": self.memory["weights_bytes_read"],
+            "memory_estimate_gib": self.memory["estimate_gib"],
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "running_requests": self.running_requests(),
         }
@@ -230,12 +264,17 @@ class LLMDeployment:
 
         A busy engine keeps producing tokens, so a burst of load does not fail this check.
         """
-        await self.engine.check_health()
+        try:
+            await self.engine.check_health()
+        except Exception:
+            metrics.inc("graphserve_health_check_failures", reason="engine_dead")
+            raise
         if self.running_requests() == 0:
             self._last_progress = time.monotonic()
             return
         idle = time.monotonic() - self._last_progress
         if idle > self.config.stall_timeout_s:
+            metrics.inc("graphserve_health_check_failures", reason="stalled")
             raise RuntimeError(
                 f"engine stalled: {self.running_requests()} requests waiting, no token for {idle:.0f} s"
             )

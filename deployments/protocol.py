@@ -59,6 +59,11 @@ class Unauthorized(APIError):
 class ModelNotFound(APIError):
     status, type, code = 404, "invalid_request_error", "model_not_found"
 
+    @classmethod
+    def named(cls, model: str, available: list[str], kind: str = "model") -> ModelNotFound:
+        return cls(f"the {kind} {model!r} does not exist; available: {', '.join(available)}",
+                   param="model")
+
 
 class PayloadTooLarge(APIError):
     status, type, code = 413, "invalid_request_error", "request_too_large"

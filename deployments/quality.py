@@ -34,9 +34,12 @@ class QualityReport:
     attempts: int = 1
     tier: str | None = None
     model: str | None = None
+    timing: dict[str, float] | None = None  # generation_ms / scoring_ms, set by the router
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if self.timing is None:
+            del d["timing"]
         d["score"] = round(self.score, 4)
         d["components"] = {k: round(v, 4) for k, v in self.components.items()}
         return d

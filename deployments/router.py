@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -25,10 +26,9 @@ from ray.serve.exceptions import (
 )
 from ray.serve.handle import DeploymentHandle
 
-from deployments import quality
+from deployments import metrics, quality
 from deployments.config import LLMConfig, QualityConfig, RouterConfig
 from deployments.protocol import (
-    APIError,
     ChatCompletionRequest,
     CompletionRequest,
     GenerationDelta,
@@ -51,6 +51,35 @@ UNAVAILABLE = (
 
 class TierUnavailable(Exception):
     """A tier could not take this attempt (no replica, replica died, timed out)."""
+
+
+class Availability:
+    """What the router knows of each downstream deployment: its last probe, or a failed call.
+
+    A deployment marked down is skipped at once instead of waited on: Serve queues calls to a
+    deployment whose replicas are restarting, and the first call through a fresh handle to a failed
+    deployment waits forever rather than raising. The next probe that answers brings it back.
+    """
+
+    def __init__(self, names: list[str]):
+        self.state: dict[str, dict] = {n: {"status": "starting"} for n in names}
+
+    def up(self, name: str, info: dict) -> None:
+        self.state[name] = {"status": "ok", **info}
+
+    def down(self, name: str, error: BaseException) -> None:
+        """A failed probe or call. A timeout counts only against a deployment that has answered
+        before: one that is still loading its model is starting, not down."""
+        was = self.state[name]["status"]
+        if isinstance(error, asyncio.TimeoutError) and was == "starting":
+            return
+        self.state[name] = {**self.state[name], "status": "unavailable",
+                            "error": type(error).__name__}
+        if was != "unavailable":
+            log.warning("%s is unavailable (%s)", name, type(error).__name__)
+
+    def is_down(self, name: str) -> bool:
+        return self.state[name]["status"] == "unavailable"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,12 +191,39 @@ def sampling_of(request: ChatCompletionRequest | CompletionRequest) -> Sampling:
 
 @serve.deployment
 class QualityRouter:
-    def __init__(self, config: RouterConfig, tiers: list[LLMConfig],
-                 tier_handles: list[DeploymentHandle], embedder: DeploymentHandle):
+    async def __init__(self, config: RouterConfig, tiers: list[LLMConfig],
+                       tier_handles: list[DeploymentHandle], embedder: DeploymentHandle,
+                       embedder_name: str):
         self.config = config
         self.tiers = tiers
         self.tier_handles = tier_handles
         self.embedder = embedder
+        self.embedder_name = embedder_name
+        self.downstream = {**{t.name: h for t, h in zip(tiers, tier_handles)}, embedder_name: embedder}
+        self.availability = Availability(list(self.downstream))
+        self._probes = [asyncio.create_task(self._watch(n, h)) for n, h in self.downstream.items()]
+
+    async def _watch(self, name: str, handle: DeploymentHandle) -> None:
+        """Probe one downstream deployment's `info` on a fixed period, forever."""
+        while True:
+            try:
+                info = await asyncio.wait_for(handle.info.remote(), self.config.probe_timeout_s)
+            except Exception as e:  # a probe reports a failure, it never raises one
+                self.availability.down(name, e)
+            else:
+                self.availability.up(name, info)
+            await asyncio.sleep(self.config.probe_interval_s)
+
+    def _failed(self, name: str, error: BaseException) -> None:
+        """A call failed: a dead or missing deployment is down now; a slow one is left to the probe."""
+        if name != self.embedder_name:
+            metrics.inc("graphserve_tier_unavailable", tier=name)
+        if not isinstance(error, asyncio.TimeoutError):
+            self.availability.down(name, error)
+
+    def status(self) -> dict[str, dict]:
+        """The last probe of each tier and of the embedder, for /health (no call downstream)."""
+        return self.availability.state
 
     def model_ids(self) -> list[str]:
         return list(dict.fromkeys(t.model_id for t in self.tiers))
@@ -176,10 +232,7 @@ class QualityRouter:
         for i, tier in enumerate(self.tiers):
             if model == tier.model_id:
                 return i
-        raise ModelNotFound(
-            f"the model {model!r} does not exist; available: {', '.join(self.model_ids())}",
-            param="model",
-        )
+        raise ModelNotFound.named(model, self.model_ids())
 
     def _quality_config(self, request) -> tuple[QualityConfig, int, str]:
         """The gate for this request: config defaults with the client's override on top."""
@@ -222,13 +275,19 @@ class QualityRouter:
         entry = self._entry_tier(request.model)
         generation = self._generation(request, request_id, sampling_of(request))
         for tier in range(entry, len(self.tiers)):
+            name = self.tiers[tier].name
+            if self.availability.is_down(name):
+                metrics.inc("graphserve_tier_unavailable", tier=name)
+                continue
+            started = time.monotonic()
             stream = self.tier_handles[tier].options(stream=True).stream.remote(generation)
             try:
                 first = await asyncio.wait_for(stream.__anext__(), self.config.first_token_timeout_s)
             except UNAVAILABLE as e:
                 stream.cancel()
+                self._failed(name, e)
                 log.warning("[%s] tier %s unavailable (%s); trying the next",
-                            request_id, self.tiers[tier].name, type(e).__name__)
+                            request_id, name, type(e).__name__)
                 continue
             except StopAsyncIteration:
                 first = GenerationDelta(finish_reason="stop")
@@ -251,7 +310,10 @@ class QualityRouter:
             finish_reason=deltas[-1].finish_reason, prompt_tokens=deltas[-1].prompt_tokens,
             completion_tokens=deltas[-1].completion_tokens, model_id=cfg.model_id, tier=cfg.name,
         )
+        generation_s = time.monotonic() - started
         report = await self._score(relevance_text(request), result, qcfg)
+        report.timing = {"generation_ms": round(generation_s * 1000, 1),
+                         "scoring_ms": report.timing["scoring_ms"]}
         yield {"quality": self._report(Outcome(result, report))}
 
     async def _gated(self, request, request_id: str) -> Outcome:
@@ -264,23 +326,43 @@ class QualityRouter:
         )
         prompt = relevance_text(request)
         counter = iter(range(len(plan)))
+        spent = {"generation_ms": 0.0, "scoring_ms": 0.0}
+
+        tried: list[int] = []
 
         async def generate(attempt: Attempt) -> GenerationResult:
+            name = self.tiers[attempt.tier].name
+            if self.availability.is_down(name):
+                metrics.inc("graphserve_tier_unavailable", tier=name)
+                raise TierUnavailable(name)
+            if tried:
+                kind = "retries" if tried[-1] == attempt.tier else "escalations"
+                metrics.inc(f"graphserve_quality_{kind}", tier=name)
+            tried.append(attempt.tier)
             generation = self._generation(request, f"{request_id}-{next(counter)}", attempt.sampling)
+            started = time.monotonic()
             try:
-                return await asyncio.wait_for(
+                result = await asyncio.wait_for(
                     self.tier_handles[attempt.tier].generate.remote(generation),
                     self.config.generation_timeout_s,
                 )
             except UNAVAILABLE as e:
-                log.warning("[%s] tier %s unavailable (%s)", request_id,
-                            self.tiers[attempt.tier].name, type(e).__name__)
-                raise TierUnavailable from e
+                self._failed(name, e)
+                log.warning("[%s] tier %s unavailable (%s)", request_id, name, type(e).__name__)
+                raise TierUnavailable(name) from e
+            spent["generation_ms"] += (time.monotonic() - started) * 1000
+            return result
 
         async def score(result: GenerationResult) -> quality.QualityReport:
-            return await self._score(prompt, result, qcfg)
+            report = await self._score(prompt, result, qcfg)
+            spent["scoring_ms"] += report.timing["scoring_ms"]
+            report.timing = spent  # the totals over every attempt so far
+            return report
 
-        return await run_gated(plan, generate, score if qcfg.enabled else None)
+        outcome = await run_gated(plan, generate, score if qcfg.enabled else None)
+        if outcome.report is not None:
+            outcome.report.timing = {k: round(v, 1) for k, v in spent.items()}
+        return outcome
 
     def _generation(self, request, request_id: str, sampling: Sampling) -> GenerationRequest:
         if isinstance(request, ChatCompletionRequest):
@@ -291,7 +373,8 @@ class QualityRouter:
 
     async def _score(self, prompt: str, result: GenerationResult,
                      qcfg: QualityConfig) -> quality.QualityReport:
-        vectors = await self._embed_pair(prompt, result.text)
+        started = time.monotonic()
+        vectors = await self._embed([prompt, result.text]) if result.text.strip() else None
         report = quality.score_answer(
             answer=result.text, finish_reason=result.finish_reason, config=qcfg,
             prompt_vec=vectors[0] if vectors else None,
@@ -299,30 +382,32 @@ class QualityRouter:
             token_logprobs=[lp.logprob for lp in result.logprobs],
         )
         report.tier, report.model = result.tier, result.model_id
+        elapsed = time.monotonic() - started
+        report.timing = {"scoring_ms": elapsed * 1000}
+        metrics.observe("graphserve_scoring_latency_seconds", elapsed)
+        metrics.observe("graphserve_quality_score", report.score, tier=result.tier)
+        if not report.passed:
+            metrics.inc("graphserve_quality_gate_failures", tier=result.tier)
+        for component in report.degraded:
+            metrics.inc("graphserve_quality_degraded", component=component)
         return report
 
-    async def _embed_pair(self, prompt: str, answer: str) -> list[list[float]] | None:
-        if not answer.strip():
+    async def _embed(self, texts: list[str]) -> list[list[float]] | None:
+        """Embeddings for scoring, or None when the embedder is down or slow (relevance degraded)."""
+        if self.availability.is_down(self.embedder_name):
             return None
         try:
             vectors, _ = await asyncio.wait_for(
-                self.embedder.embed.remote([prompt, answer]), self.config.embedder_timeout_s
+                self.embedder.embed.remote(texts), self.config.embedder_timeout_s
             )
         except UNAVAILABLE as e:
-            log.warning("embedder unavailable (%s): scoring without relevance", type(e).__name__)
+            self._failed(self.embedder_name, e)
             return None
         return vectors.tolist()
 
     async def score_pairs(self, pairs: list[ScorePair], threshold: float | None) -> list[dict]:
         """`/v1/quality/score`: text-only components plus relevance (no engine logprobs)."""
-        texts = [t for p in pairs for t in (p.prompt, p.answer or " ")]
-        try:
-            vectors, _ = await asyncio.wait_for(
-                self.embedder.embed.remote(texts), self.config.embedder_timeout_s * 4
-            )
-            vectors = vectors.tolist()
-        except UNAVAILABLE:
-            vectors = None
+        vectors = await self._embed([t for p in pairs for t in (p.prompt, p.answer or " ")])
         reports = []
         for i, pair in enumerate(pairs):
             has_vec = vectors is not None and pair.answer.strip()
@@ -337,13 +422,4 @@ class QualityRouter:
     def _report(self, outcome: Outcome) -> dict | None:
         return None if outcome.report is None else outcome.report.to_dict()
 
-    async def tier_info(self) -> list[dict]:
-        """Per-tier status for /health; a tier that does not answer in 5 s is reported down."""
-        async def one(i: int) -> dict:
-            try:
-                info = await asyncio.wait_for(self.tier_handles[i].info.remote(), 5)
-                return {"status": "ok", **info}
-            except (APIError, *UNAVAILABLE) as e:
-                return {"status": "unavailable", "tier": self.tiers[i].name,
-                        "model": self.tiers[i].model_id, "error": type(e).__name__}
-        return list(await asyncio.gather(*(one(i) for i in range(len(self.tiers)))))
+

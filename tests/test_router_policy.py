@@ -131,3 +131,19 @@ def test_request_mapping():
         {"model": "m", "messages": [{"role": "user", "content": "x"}]})).top_logprobs is None
     comp = CompletionRequest.model_validate({"model": "m", "prompt": ["Once upon"], "logprobs": 0})
     assert relevance_text(comp) == "Once upon" and sampling_of(comp).top_logprobs == 0
+
+
+def test_availability_marks_down_until_a_probe_answers():
+    from deployments.router import Availability
+
+    seen = Availability(["fast", "embedder"])
+    assert not seen.is_down("fast") and seen.state["fast"]["status"] == "starting"
+    seen.down("fast", asyncio.TimeoutError())  # still loading its model: starting, not down
+    assert not seen.is_down("fast")
+    seen.down("fast", ConnectionError("gone"))  # an explicit failure: down
+    assert seen.is_down("fast") and seen.state["fast"]["error"] == "ConnectionError"
+    seen.up("fast", {"model": "m", "load_seconds": 1.0})
+    assert not seen.is_down("fast") and seen.state["fast"] == {
+        "status": "ok", "model": "m", "load_seconds": 1.0}
+    seen.down("fast", asyncio.TimeoutError())  # answered before, silent now: down
+    assert seen.is_down("fast") and not seen.is_down("embedder")

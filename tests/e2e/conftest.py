@@ -1,5 +1,6 @@
 """One real graph per test session: Ray on loopback, the packaged models, the default config."""
 
+import copy
 import os
 import time
 
@@ -9,7 +10,16 @@ import pytest
 import yaml
 
 PORT = int(os.environ.get("GRAPHSERVE_TEST_PORT", "18000"))
+METRICS_PORT = PORT + 1  # Ray's Prometheus endpoint, on loopback like everything else here
 BASE = f"http://127.0.0.1:{PORT}"
+TEST_API_KEY = "test-key-not-secret"  # in the env of every Ray process; only /locked uses it
+BROKEN = "/nonexistent/model"  # a model_source that fails to load: a deployment that stays down
+
+
+def config_args() -> dict:
+    """The `args` of the shipped serve_config.yaml: tests run what users run."""
+    with open("serve_config.yaml") as f:
+        return yaml.safe_load(f)["applications"][0]["args"]
 
 
 def pytest_collection_modifyitems(items):
@@ -25,13 +35,17 @@ def base_url():
 
     import graph
 
-    with open("serve_config.yaml") as f:
-        args = yaml.safe_load(f)["applications"][0]["args"]
     started = time.monotonic()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    # 4 logical CPUs on 2 cores: room for the main graph (2.0) and the small failure-test apps.
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+             _metrics_export_port=METRICS_PORT,
+             # Export every 5 s (default 10 s) so the scrape test waits less; gauges live for two
+             # export periods, so a busy replica's gauges must not age out between exports.
+             _system_config={"metrics_report_interval_ms": 5000},
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                                       "GRAPHSERVE_TEST_KEY": TEST_API_KEY}})
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
-    serve.run(graph.app_builder(args), name="graphserve", route_prefix="/")
+    serve.run(graph.app_builder(config_args()), name="graphserve", route_prefix="/")
     print(f"\ngraph ready in {time.monotonic() - started:.1f} s")
     yield BASE
     serve.shutdown()
@@ -47,3 +61,36 @@ def client(base_url):
 def http(base_url):
     with httpx.Client(base_url=base_url, timeout=120) as c:
         yield c
+
+
+# -- extra applications next to the main graph (failure and security tests) --------------------
+
+
+def variant(tiers: list[dict], embedder_source: str) -> dict:
+    args = copy.deepcopy(config_args())
+    fast = args["tiers"][0]
+    args["tiers"] = [{**copy.deepcopy(fast), **t} for t in tiers]
+    args["embedder"]["model_source"] = embedder_source
+    args["embedder"]["deployment"] = {**args["embedder"]["deployment"], "num_cpus": 0.1}
+    return args
+
+
+def deploy(name: str, args: dict) -> None:
+    from ray import serve
+
+    import graph
+
+    try:
+        serve.run(graph.app_builder(args), name=name, route_prefix=f"/{name}")
+    except RuntimeError:
+        pass  # expected: a deployment of this app failed; the rest of it keeps running
+
+
+def wait_until(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")

@@ -149,10 +149,15 @@ def test_health_reports_each_deployment(http):
     r = http.get("/health")
     body = r.json()
     assert r.status_code == 200 and body["status"] == "ok"
-    tiers = body["deployments"]["llm_tiers"]
-    assert [t["tier"] for t in tiers] == ["fast", "careful"]
-    assert all(t["load_seconds"] > 0 and t["dtype"] == "float32" for t in tiers)
-    assert body["deployments"]["embedder"]["dimensions"] == 384
+    deployments = body["deployments"]
+    assert set(deployments) == {"fast", "careful", "embedder", "router", "ingress"}
+    for tier in ("fast", "careful"):
+        d = deployments[tier]
+        assert d["role"] == "llm" and d["status"] == "ok" and d["model"] == CHAT
+        assert d["load_seconds"] > 0 and d["uptime_seconds"] > 0 and d["dtype"] == "float32"
+    assert deployments["embedder"]["dimensions"] == 384
+    assert all(d["serve_status"] == "HEALTHY" and d["replicas"] == {"RUNNING": 1}
+               for d in deployments.values())
 
 
 def test_client_disconnect_aborts_generation(http, base_url):
@@ -167,9 +172,10 @@ def test_client_disconnect_aborts_generation(http, base_url):
                     break  # leaving the block closes the connection mid-stream
 
     def running() -> int:
-        return http.get("/health").json()["deployments"]["llm_tiers"][0]["running_requests"]
+        return http.get("/health").json()["deployments"]["fast"]["running_requests"]
 
-    deadline = time.monotonic() + 5
+    # /health shows the router's last probe (every 2 s): allow 5 s plus one probe period.
+    deadline = time.monotonic() + 7
     while running() and time.monotonic() < deadline:
         time.sleep(0.25)
     assert running() == 0

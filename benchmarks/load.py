@@ -1,0 +1,133 @@
+"""Load generators: the same requests against every peer, measured the same way.
+
+Chat is streamed, so time to first token (TTFT) and inter-token latency (ITL) are seen by the client
+exactly as an application sees them; throughput is completion tokens per wall-clock second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+PROMPTS = [
+    "Write a short story about a lighthouse keeper.",
+    "Explain how a bicycle works, step by step.",
+    "Describe a walk through a forest in autumn.",
+    "Write a letter to a friend about learning to cook.",
+    "Explain why the sky is blue to a child.",
+    "Describe the life of a honeybee.",
+    "Write a poem about the sea at night.",
+    "Explain how bread is made, from wheat to loaf.",
+]
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Ray Serve scales model serving across a cluster.",
+    "A cup of coffee in the morning helps me focus.",
+    "The museum opens at nine and closes at five.",
+    "Photosynthesis turns sunlight into chemical energy.",
+    "She plays the violin in the city orchestra.",
+    "Heavy rain is expected over the weekend.",
+    "The library lends books, films and music.",
+]
+
+
+@dataclass
+class Sample:
+    ok: bool
+    ttft: float = 0.0
+    e2e: float = 0.0
+    tokens: int = 0
+    itl: list[float] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def summarize(samples: list[Sample], wall: float) -> dict:
+    good = [s for s in samples if s.ok]
+    itl = [x for s in good for x in s.itl]
+    tokens = sum(s.tokens for s in good)
+    return {
+        "requests": len(samples), "failed": len(samples) - len(good),
+        "wall_s": round(wall, 3), "tokens": tokens,
+        "throughput_tok_s": round(tokens / wall, 2) if wall else 0.0,
+        "requests_per_s": round(len(good) / wall, 2) if wall else 0.0,
+        "ttft_p50_ms": round(pct([s.ttft for s in good], 50) * 1000, 2),
+        "ttft_p95_ms": round(pct([s.ttft for s in good], 95) * 1000, 2),
+        "itl_p50_ms": round(pct(itl, 50) * 1000, 2),
+        "itl_mean_ms": round(statistics.fmean(itl) * 1000, 2) if itl else float("nan"),
+        "e2e_p50_ms": round(pct([s.e2e for s in good], 50) * 1000, 2),
+        "e2e_p95_ms": round(pct([s.e2e for s in good], 95) * 1000, 2),
+    }
+
+
+async def run_concurrent(one: Callable[[int], Awaitable[Sample]], total: int,
+                         concurrency: int) -> tuple[list[Sample], float]:
+    """`total` calls of `one(i)`, at most `concurrency` at a time; returns samples and wall time."""
+    queue = iter(range(total))
+    samples: list[Sample] = []
+
+    async def worker():
+        for i in queue:
+            samples.append(await one(i))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return samples, time.perf_counter() - started
+
+
+async def chat_http(client: httpx.AsyncClient, url: str, model: str, prompt: str,
+                    max_tokens: int, extra: dict | None = None) -> Sample:
+    """One streamed chat completion over HTTP (OpenAI protocol), timed by the client."""
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}, **(extra or {})}
+    started = time.perf_counter()
+    first = last = None
+    gaps: list[float] = []
+    tokens, quality = 0, None
+    try:
+        async with client.stream("POST", url, json=body) as r:
+            if r.status_code != 200:
+                await r.aread()
+                return Sample(ok=False, extra={"status": r.status_code})
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+                quality = chunk.get("quality", quality)
+                if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                    now = time.perf_counter()
+                    if first is None:
+                        first = now
+                    else:
+                        gaps.append(now - last)
+                    last = now
+    except httpx.HTTPError as e:
+        return Sample(ok=False, extra={"error": type(e).__name__})
+    end = time.perf_counter()
+    return Sample(ok=first is not None, ttft=(first or end) - started, e2e=end - started,
+                  tokens=tokens, itl=gaps, extra={"quality": quality} if quality else {})
+
+
+async def embed_http(client: httpx.AsyncClient, url: str, model: str, texts: list[str]) -> Sample:
+    started = time.perf_counter()
+    try:
+        r = await client.post(url, json={"model": model, "input": texts})
+    except httpx.HTTPError as e:
+        return Sample(ok=False, extra={"error": type(e).__name__})
+    took = time.perf_counter() - started
+    return Sample(ok=r.status_code == 200, ttft=took, e2e=took, tokens=len(texts))

@@ -1,0 +1,174 @@
+"""The peers, each started by the benchmark on loopback with the same model and engine settings.
+
+- `GraphServer`: our graph, `serve run` of a copy of serve_config.yaml (its own local Ray);
+- `VLLMServer`: vLLM's own OpenAI server (`vllm serve`), the LLM anchor;
+- `InProcessEngine`: vLLM's AsyncLLM called directly, no HTTP: the LLM ceiling;
+- `InProcessEmbedder`: sentence-transformers `encode`, batched and one by one.
+Engine settings for all LLM peers come from the graph's own `fast` tier config, so they match.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+from deployments.config import GraphConfig, LLMConfig
+from deployments.models import embedder_folder, llm_folder
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def graph_args() -> dict:
+    return yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
+
+
+def fast_tier() -> LLMConfig:
+    return GraphConfig.model_validate(graph_args()).tiers[0]
+
+
+def wait_http(url: str, deadline_s: float, proc: subprocess.Popen) -> float:
+    """Seconds until `url` answers 200; fails if the process dies or the deadline passes."""
+    started = time.monotonic()
+    while time.monotonic() - started < deadline_s:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before it was ready")
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {deadline_s:.0f} s")
+
+
+class Server:
+    """A server in its own process group, so stopping it stops its children (engines, Ray)."""
+
+    name = "server"
+    ready_path = "/health"
+
+    def __init__(self, port: int, log_dir: Path):
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}"
+        self.log = open(log_dir / f"{self.name}.log", "w")
+        self.proc: subprocess.Popen | None = None
+        self.cold_start_s: float | None = None
+
+    def command(self) -> tuple[list[str], dict]:
+        raise NotImplementedError
+
+    def start(self, deadline_s: float = 600) -> float:
+        cmd, env = self.command()
+        started = time.monotonic()
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        wait_http(self.base + self.ready_path, deadline_s, self.proc)
+        self.cold_start_s = time.monotonic() - started
+        return self.cold_start_s
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+class VLLMServer(Server):
+    name = "vllm-serve"
+
+    def command(self):
+        tier = fast_tier()
+        cmd = [str(VENV_BIN / "vllm"), "serve", str(llm_folder(tier.model_source)),
+               "--host", "127.0.0.1", "--port", str(self.port),
+               "--served-model-name", tier.model_id, "--dtype", "float32",
+               "--max-model-len", str(tier.max_model_len), "--max-num-seqs", str(tier.max_num_seqs),
+               "--kv-cache-memory-bytes", str(int(tier.kv_cache_gib * (1 << 30))),
+               "--disable-uvicorn-access-log"]
+        if not tier.compile:
+            cmd.append("--enforce-eager")
+        env = {"OMP_NUM_THREADS": str(tier.engine_threads or 2), "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+               "HF_HUB_OFFLINE": "1"}
+        return cmd, env
+
+
+class GraphServer(Server):
+    name = "graph"
+
+    def command(self):
+        config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+        config["http_options"]["port"] = self.port
+        self.config_file = Path(tempfile.mkdtemp()) / "serve_config.yaml"
+        self.config_file.write_text(yaml.safe_dump(config))
+        # `serve run` starts its own local Ray (loopback, no dashboard needed here).
+        return [str(VENV_BIN / "serve"), "run", str(self.config_file)], {
+            "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
+
+    def stop(self) -> None:
+        super().stop()
+        subprocess.run([str(VENV_BIN / "ray"), "stop", "--force"], capture_output=True)
+        shutil.rmtree(self.config_file.parent, ignore_errors=True)
+
+
+class InProcessEngine:
+    """vLLM's AsyncLLM in this process: the same engine the LLM deployment runs, without HTTP."""
+
+    def __init__(self):
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        tier = fast_tier()
+        os.environ["OMP_NUM_THREADS"] = str(tier.engine_threads or 2)
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        started = time.monotonic()
+        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(
+            model=str(llm_folder(tier.model_source)), served_model_name=tier.model_id,
+            dtype="float32", max_model_len=tier.max_model_len, max_num_seqs=tier.max_num_seqs,
+            kv_cache_memory_bytes=int(tier.kv_cache_gib * (1 << 30)),
+            enforce_eager=not tier.compile, disable_log_stats=True))
+        self.tokenizer = self.engine.tokenizer
+        self.load_s = time.monotonic() - started
+
+    async def chat(self, prompt: str, max_tokens: int, request_id: str):
+        """Yields (arrival time, new token count) for each step of one greedy chat completion."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        ids = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                 add_generation_prompt=True, tokenize=True)
+        ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        params = SamplingParams(max_tokens=max_tokens, temperature=0,
+                                output_kind=RequestOutputKind.DELTA)
+        async for out in self.engine.generate(TokensPrompt(prompt_token_ids=ids), params, request_id):
+            yield time.perf_counter(), len(out.outputs[0].token_ids)
+
+    def stop(self) -> None:
+        self.engine.shutdown()
+
+
+class InProcessEmbedder:
+    def __init__(self):
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        config = GraphConfig.model_validate(graph_args()).embedder
+        torch.set_num_threads(config.threads or 2)
+        self.model = SentenceTransformer(str(embedder_folder(config.model_source)), device="cpu",
+                                         local_files_only=True)
+
+    def encode(self, texts: list[str], batch_size: int) -> None:
+        self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True)

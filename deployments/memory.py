@@ -1,0 +1,90 @@
+"""Memory-budget preflight: will this model fit in this replica, before anything is loaded?
+
+From the model's config.json and the dtype: weights (parameter count x bytes), the KV cache (vLLM
+needs at least one sequence of `max_model_len` tokens; on CPU the configured `kv_cache_gib`), and a
+fixed runtime overhead. Compared with what the replica has (its share of the GPU, or the host's free
+RAM), so a model that cannot fit fails at once with numbers and a fix, not with an OOM kill minutes
+later. Pure functions: no torch, no Ray.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+GIB = 1 << 30
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+RUNTIME_OVERHEAD_GIB = 1.0  # CUDA context / CPU runtime, activations, sampler buffers
+
+
+class MemoryBudgetError(RuntimeError):
+    """The model cannot fit in the memory this replica has."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    params: int
+    weights_bytes: int
+    kv_bytes_per_token: int
+    kv_cache_bytes: int
+    overhead_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_cache_bytes + self.overhead_bytes
+
+
+def parameter_count(cfg: dict) -> int:
+    """Parameters of a decoder-only transformer (Llama / Mistral / Qwen / SmolLM layout)."""
+    hidden, layers, vocab = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    heads = cfg["num_attention_heads"]
+    kv_heads = cfg.get("num_key_value_heads", heads)
+    head_dim = cfg.get("head_dim") or hidden // heads
+    inter = cfg["intermediate_size"]
+    attention = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2  # q, o, k, v
+    mlp = 3 * hidden * inter  # gate, up, down
+    norms = 2 * hidden
+    embeddings = vocab * hidden * (1 if cfg.get("tie_word_embeddings", False) else 2)
+    return layers * (attention + mlp + norms) + embeddings + hidden
+
+
+def kv_bytes_per_token(cfg: dict, dtype: str) -> int:
+    heads = cfg["num_attention_heads"]
+    kv_heads = cfg.get("num_key_value_heads", heads)
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    return 2 * cfg["num_hidden_layers"] * kv_heads * head_dim * DTYPE_BYTES[dtype]
+
+
+def estimate(cfg: dict, dtype: str, max_model_len: int, kv_cache_gib: float | None) -> Estimate:
+    """`kv_cache_gib` None (GPU): the KV cache must hold at least one full-length sequence."""
+    params = parameter_count(cfg)
+    weights = params * DTYPE_BYTES[dtype]
+    per_token = kv_bytes_per_token(cfg, dtype)
+    kv = int(kv_cache_gib * GIB) if kv_cache_gib is not None else per_token * max_model_len
+    return Estimate(params, weights, per_token, kv, int(RUNTIME_OVERHEAD_GIB * GIB))
+
+
+def check(cfg: dict, dtype: str, max_model_len: int, kv_cache_gib: float | None,
+          available_bytes: int, where: str) -> Estimate:
+    """The estimate, or MemoryBudgetError naming the numbers and what to change."""
+    est = estimate(cfg, dtype, max_model_len, kv_cache_gib)
+    if kv_cache_gib is not None and est.kv_cache_bytes < est.kv_bytes_per_token * max_model_len:
+        raise MemoryBudgetError(
+            f"kv_cache_gib {kv_cache_gib} holds {est.kv_cache_bytes // est.kv_bytes_per_token} "
+            f"tokens, less than one max_model_len ({max_model_len}) sequence; raise kv_cache_gib "
+            f"to {est.kv_bytes_per_token * max_model_len / GIB:.2f} or lower max_model_len")
+    if est.total_bytes > available_bytes:
+        fix = "raise num_gpus" if kv_cache_gib is None else "lower kv_cache_gib"
+        raise MemoryBudgetError(
+            f"the model needs {est.total_bytes / GIB:.1f} GiB ({est.params / 1e9:.2f} B parameters "
+            f"in {dtype}: {est.weights_bytes / GIB:.1f} GiB weights + "
+            f"{est.kv_cache_bytes / GIB:.1f} GiB KV cache + {est.overhead_bytes / GIB:.1f} GiB "
+            f"overhead), {where} has {available_bytes / GIB:.1f} GiB; lower max_model_len, "
+            f"{fix}, or pick a smaller dtype/model")
+    return est
+
+
+def read_config(folder: Path) -> dict:
+    cfg = json.loads((folder / "config.json").read_text())
+    return cfg.get("text_config", cfg)  # multimodal checkpoints nest the language model's config

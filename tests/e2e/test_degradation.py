@@ -1,0 +1,105 @@
+"""Graceful degradation with deployments that are really down, next to the main graph.
+
+Two more applications run on the same Serve instance. Their broken deployments point at a model
+folder that does not exist: Serve tries the load three times, marks them DEPLOY_FAILED with our
+error, and keeps them down, so each case is deterministic rather than a race with a restart.
+- /degraded: tiers [broken, backup] and a broken embedder: the backup tier answers, scored
+  without relevance;
+- /nollm: a broken tier only, a working embedder: chat is 503, embeddings still work.
+"""
+
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.conftest import BASE, BROKEN, config_args, deploy, variant, wait_until
+
+CHAT = "smollm2-135m-instruct"
+EMBED = "all-minilm-l6-v2"
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+SMALL = {"num_cpus": 0.05}
+
+
+@pytest.fixture(scope="module")
+def broken_apps(base_url):
+    from ray import serve
+
+    broken_tier = {"name": "broken", "model_source": BROKEN,
+                   "deployment": {**SMALL, "num_replicas": 1}}
+    backup_tier = {"name": "backup", "deployment": {"num_cpus": 0.4, "num_replicas": 1}}
+    deploy("degraded", variant([broken_tier, backup_tier], BROKEN))
+    deploy("nollm", variant([broken_tier], config_args()["embedder"]["model_source"]))
+
+    def settled():
+        apps = serve.status().applications
+        states = {(a, d): s.status.value for a in ("degraded", "nollm")
+                  for d, s in apps[a].deployments.items()}
+        return all(v in ("HEALTHY", "DEPLOY_FAILED") for v in states.values()) and states
+
+    print("broken apps settled:", wait_until(settled, 240, "the failure-test apps to settle"))
+
+    def probed(app: str, down: set[str]):
+        body = httpx.get(f"{BASE}/{app}/health", timeout=30).json()
+        return {n for n, d in body["deployments"].items() if d["status"] == "unavailable"} == down
+
+    # The router marks a failed deployment down at its next probe (every 2 s).
+    wait_until(lambda: probed("degraded", {"broken", "embedder"}), 60, "the router's probes")
+    wait_until(lambda: probed("nollm", {"broken"}), 60, "the router's probes")
+    return serve.status().applications
+
+
+def test_failed_model_load_is_reported_with_its_cause(broken_apps):
+    for app in ("degraded", "nollm"):
+        broken = broken_apps[app].deployments["broken"]
+        assert broken.status.value == "DEPLOY_FAILED"
+        assert "failed to start 3 times" in broken.message  # bounded retries, not a crash loop
+        assert "is not a local Hugging Face folder" in broken.message  # our cause, not a mystery
+    assert broken_apps["degraded"].deployments["backup"].status.value == "HEALTHY"
+
+
+def test_tier_down_next_tier_serves_scored_without_relevance(broken_apps):
+    client = openai.OpenAI(base_url=f"{BASE}/degraded/v1", api_key="x", max_retries=0, timeout=120)
+    raw = client.chat.completions.with_raw_response.create(
+        model=CHAT, messages=FRANCE, temperature=0, max_tokens=24)
+    resp = raw.parse()
+    assert "Paris" in resp.choices[0].message.content
+    assert raw.headers["x-served-by"] == f"backup/{CHAT}"
+    quality = resp.model_extra["quality"]
+    assert quality["degraded"] == ["relevance"] and "relevance" not in quality["components"]
+    assert quality["tier"] == "backup" and quality["passed"]
+
+    stream = list(client.chat.completions.create(
+        model=CHAT, messages=FRANCE, temperature=0, max_tokens=24, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert "Paris" in text and stream[-1].model_extra["quality"]["degraded"] == ["relevance"]
+
+    health = httpx.get(f"{BASE}/degraded/health", timeout=30)
+    assert health.status_code == 200 and health.json()["status"] == "degraded"
+
+
+def test_embedder_down_embeddings_answer_503_not_hang(broken_apps):
+    r = httpx.post(f"{BASE}/degraded/v1/embeddings", json={"model": EMBED, "input": "x"}, timeout=30)
+    assert r.status_code == 503 and r.headers["retry-after"]
+    assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_every_llm_down_is_503_while_embeddings_work(broken_apps):
+    client = openai.OpenAI(base_url=f"{BASE}/nollm/v1", api_key="x", max_retries=0, timeout=60)
+    started = time.monotonic()
+    with pytest.raises(openai.InternalServerError) as e:
+        client.chat.completions.create(model=CHAT, messages=FRANCE, max_tokens=8)
+    assert time.monotonic() - started < 10  # a clear answer, not a wait for a timeout
+    assert e.value.status_code == 503 and e.value.body["code"] == "llm_unavailable"
+    assert e.value.response.headers["retry-after"]
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model=CHAT, messages=FRANCE, max_tokens=8, stream=True)
+    vectors = client.embeddings.create(model=EMBED, input=["still here", "and working"])
+    assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 384
+    health = httpx.get(f"{BASE}/nollm/health", timeout=30)
+    assert health.status_code == 503 and health.json()["status"] == "unavailable"
+
+
+def test_main_graph_unaffected(http):
+    assert http.get("/health").json()["status"] == "ok"

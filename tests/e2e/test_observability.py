@@ -1,0 +1,112 @@
+"""Metrics on Ray's Prometheus endpoint match the traffic sent; request ids reach every log."""
+
+import glob
+import os
+import time
+import uuid
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.conftest import METRICS_PORT
+from tests.test_metrics import VLLM_SCRAPED
+
+CHAT = "smollm2-135m-instruct"
+APP = "graphserve"
+
+
+def scrape() -> dict[tuple[str, frozenset], float]:
+    """Every sample of the main app (and vLLM's), summed over replicas: (name, labels) -> value."""
+    text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text
+    out: dict[tuple[str, frozenset], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = {k: v for k, v in s.labels.items()
+                      if k not in ("replica", "ReplicaId", "SessionName", "NodeAddress",
+                                   "Version", "Component", "WorkerId", "JobId", "engine")}
+            if labels.get("application", APP) != APP:
+                continue
+            key = (s.name, frozenset(labels.items()))
+            out[key] = out.get(key, 0.0) + s.value
+    return out
+
+
+def value(samples, name: str, **labels) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+
+
+EXPORT_S = 6  # longer than the export period set in conftest (5 s)
+
+
+def wait_for(read, predicate, timeout_s: float = 60):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        values = read(scrape())
+        if predicate(values) or time.monotonic() > deadline:
+            return values
+        time.sleep(1)
+
+
+def settled(read) -> tuple:
+    """Values once two scrapes one export period apart agree."""
+    last = read(scrape())
+    for _ in range(10):
+        time.sleep(EXPORT_S)
+        now = read(scrape())
+        if now == last:
+            return now
+        last = now
+    raise AssertionError("metrics never settled")
+
+
+def test_scraped_metrics_count_the_traffic(http):
+    chat = "/v1/chat/completions"
+
+    def read(s) -> tuple:
+        return (value(s, "ray_graphserve_requests_total", route=chat, status="200"),
+                value(s, "ray_graphserve_request_latency_seconds_count", route=chat),
+                value(s, "ray_graphserve_quality_score_count", tier="fast"),
+                value(s, "ray_vllm_request_success_total"))  # vLLM's own, via Ray
+
+    before = settled(read)
+    for i in range(12):
+        r = http.post(chat, json={"model": CHAT, "max_tokens": 4, "temperature": 0,
+                                  "quality": {"threshold": 0},  # one attempt each: exact counts
+                                  "messages": [{"role": "user", "content": f"Say the number {i}."}]})
+        assert r.status_code == 200
+    expected = tuple(b + 12 for b in before)
+    wait_for(read, lambda v: all(a >= e for a, e in zip(v, expected)))
+    after = settled(read)
+    # requests, latency observations, quality scores, engine requests: 12 each, no more, no less
+    assert tuple(a - b for a, b in zip(after, before)) == (12, 12, 12, 12)
+    samples = scrape()
+    assert value(samples, "ray_graphserve_model_load_seconds_count") >= 3  # 2 tiers + embedder
+    assert value(samples, "ray_graphserve_model_load_seconds_sum") > 0
+    assert value(samples, "ray_graphserve_embedder_batch_size_count") > 0
+    assert value(samples, "ray_vllm_time_to_first_token_seconds_count") >= 12
+
+
+def test_vllm_names_used_by_the_dashboard_are_scraped(http):
+    names = {n for n, _ in scrape()}
+    assert VLLM_SCRAPED <= names, VLLM_SCRAPED - names
+
+
+def test_request_id_comes_back_and_reaches_every_deployment_log(http):
+    import ray
+
+    rid = f"trace-{uuid.uuid4().hex[:12]}"
+    r = http.post("/v1/chat/completions", headers={"x-request-id": rid}, json={
+        "model": CHAT, "max_tokens": 4, "temperature": 0,
+        "messages": [{"role": "user", "content": "Hello"}]})
+    assert r.status_code == 200 and r.headers["x-request-id"] == rid and r.json()["id"] == rid
+    logs = os.path.join(ray._private.worker._global_node.get_logs_dir_path(), "serve")
+    deadline, seen = time.monotonic() + 10, set()
+    while time.monotonic() < deadline:
+        seen = {os.path.basename(p).split("_")[2] for p in glob.glob(f"{logs}/replica_{APP}_*.log")
+                if rid in open(p, errors="replace").read()}
+        if {"ingress", "router", "fast", "embedder"} <= seen:
+            break
+        time.sleep(0.5)
+    assert {"ingress", "router", "fast", "embedder"} <= seen, seen

@@ -1,0 +1,59 @@
+"""A smoke run of the benchmark code (statistics, ratios, table, plots) on made-up numbers.
+
+The benchmark itself (`make bench`) starts real servers and takes minutes; timings are never
+asserted in `make test`.
+"""
+
+import asyncio
+
+from benchmarks import load, report
+
+
+def level(tok_s: float, ttft_ms: float) -> dict:
+    samples = [load.Sample(ok=True, ttft=ttft_ms / 1000, e2e=1.0, tokens=64, itl=[0.05, 0.06])
+               for _ in range(4)] + [load.Sample(ok=False)]
+    summary = load.summarize(samples, wall=4 * 64 / tok_s)
+    assert summary["failed"] == 1 and summary["tokens"] == 256
+    return summary
+
+
+def test_ratios_table_and_plots(tmp_path):
+    results = {
+        "settings": {"max_tokens": 64},
+        "chat": {"vllm_serve": {1: level(13, 100), 16: level(100, 300)},
+                 "graph_gate_off": {1: level(12.5, 103), 16: level(97, 310)},
+                 "graph_gate_on": {1: level(12, 104), 16: level(90, 320)}},
+        "embeddings": {"in_process": {"batched": {"sentences_per_s": 400.0},
+                                      "one_by_one": {"sentences_per_s": 50.0}},
+                       "graph_http": {32: {"sentences_per_s": 340.0, "p50_ms": 9, "p95_ms": 20,
+                                           "failed": 0}}},
+        "cold_start_s": {"vllm_serve": 50.0, "graph": 100.0},
+        "scoring": {"overhead_pct_p50": 2.0, "overhead_pct_p95": 6.0},
+    }
+    ratios = report.ratios(results)
+    results["ratios"] = ratios
+    assert ratios["chat_throughput_c16_vs_vllm_serve"]["met"] is True
+    assert ratios["ttft_p50_overhead_c1_ms"]["value"] == 3.0
+    assert ratios["embed_http_c32_vs_in_process_batched"]["value"] == 0.85
+    assert ratios["cold_start_graph_vs_vllm_serve"]["met"] is False
+    table = report.markdown(results)
+    assert "| graph_gate_on | 16 |" in table and "**no**" in table
+    report.plots(results, tmp_path)
+    assert (tmp_path / "chat.png").stat().st_size > 0 and (tmp_path / "embeddings.png").exists()
+
+
+def test_run_concurrent_bounds_concurrency():
+    active, peak = 0, 0
+
+    async def one(i: int) -> load.Sample:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.001)
+        active -= 1
+        return load.Sample(ok=True, tokens=i)
+
+    samples, wall = asyncio.run(load.run_concurrent(one, 20, 4))
+    assert len(samples) == 20 and peak == 4 and wall > 0
+    assert sorted(s.tokens for s in samples) == list(range(20))
+    assert load.pct([1, 2, 3, 4, 5], 50) == 3 and load.pct([1, 2, 3, 4, 5], 95) == 5
