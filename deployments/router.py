@@ -29,12 +29,14 @@ from ray.serve.handle import DeploymentHandle
 from deployments import metrics, quality
 from deployments.config import LLMConfig, QualityConfig, RouterConfig
 from deployments.protocol import (
+    APIError,
     ChatCompletionRequest,
     CompletionRequest,
     GenerationDelta,
     GenerationRequest,
     GenerationResult,
     ModelNotFound,
+    Overloaded,
     Sampling,
     ScorePair,
     ServiceUnavailable,
@@ -50,7 +52,21 @@ UNAVAILABLE = (
 
 
 class TierUnavailable(Exception):
-    """A tier could not take this attempt (no replica, replica died, timed out)."""
+    """A tier could not take this attempt: down (no replica, replica died, timed out) or busy
+    (its queue is full: Serve's backpressure)."""
+
+    def __init__(self, tier: str, busy: bool = False):
+        super().__init__(tier)
+        self.busy = busy
+
+
+def no_tier_error(some_busy: bool) -> APIError:
+    """The answer when no tier could take a request: 429 when one is only full (retrying soon
+    will work), 503 when every tier is down."""
+    if some_busy:
+        return Overloaded("every LLM tier is at capacity; retry shortly", retry_after_s=1)
+    return ServiceUnavailable("no LLM tier is available to answer; try again shortly",
+                              code="llm_unavailable", retry_after_s=5)
 
 
 class Availability:
@@ -68,9 +84,11 @@ class Availability:
         self.state[name] = {"status": "ok", **info}
 
     def down(self, name: str, error: BaseException) -> None:
-        """A failed probe or call. A timeout counts only against a deployment that has answered
-        before: one that is still loading its model is starting, not down."""
+        """A failed probe or call. A full queue is busy, not down; a timeout counts only against
+        a deployment that has answered before (one still loading its model is starting)."""
         was = self.state[name]["status"]
+        if isinstance(error, BackPressureError):
+            return
         if isinstance(error, asyncio.TimeoutError) and was == "starting":
             return
         self.state[name] = {**self.state[name], "status": "unavailable",
@@ -138,13 +156,15 @@ async def run_gated(
     """
     candidates: list[Outcome] = []
     down: set[int] = set()
+    busy: list[bool] = []
     for attempt in plan:
         if attempt.tier in down:
             continue
         try:
             result = await generate(attempt)
-        except TierUnavailable:
+        except TierUnavailable as e:
             down.add(attempt.tier)
+            busy.append(e.busy)
             continue
         if score is None:
             return Outcome(result, None)
@@ -154,10 +174,7 @@ async def run_gated(
         if report.passed:
             break
     if not candidates:
-        raise ServiceUnavailable(
-            "no LLM tier is available to answer; try again shortly", code="llm_unavailable",
-            retry_after_s=5,
-        )
+        raise no_tier_error(any(busy))
     chosen = candidates[quality.best([c.report for c in candidates])]
     chosen.report.attempts = len(candidates)
     return chosen
@@ -274,10 +291,12 @@ class QualityRouter:
             return
         entry = self._entry_tier(request.model)
         generation = self._generation(request, request_id, sampling_of(request))
+        busy: list[bool] = []
         for tier in range(entry, len(self.tiers)):
             name = self.tiers[tier].name
             if self.availability.is_down(name):
                 metrics.inc("graphserve_tier_unavailable", tier=name)
+                busy.append(False)
                 continue
             started = time.monotonic()
             stream = self.tier_handles[tier].options(stream=True).stream.remote(generation)
@@ -286,6 +305,7 @@ class QualityRouter:
             except UNAVAILABLE as e:
                 stream.cancel()
                 self._failed(name, e)
+                busy.append(isinstance(e, BackPressureError))
                 log.warning("[%s] tier %s unavailable (%s); trying the next",
                             request_id, name, type(e).__name__)
                 continue
@@ -293,8 +313,7 @@ class QualityRouter:
                 first = GenerationDelta(finish_reason="stop")
             break
         else:
-            raise ServiceUnavailable("no LLM tier is available to answer; try again shortly",
-                                     code="llm_unavailable", retry_after_s=5)
+            raise no_tier_error(any(busy))
         cfg = self.tiers[tier]
         yield {"start": {"tier": cfg.name, "model": cfg.model_id}}
         deltas = [first]
@@ -349,7 +368,7 @@ class QualityRouter:
             except UNAVAILABLE as e:
                 self._failed(name, e)
                 log.warning("[%s] tier %s unavailable (%s)", request_id, name, type(e).__name__)
-                raise TierUnavailable(name) from e
+                raise TierUnavailable(name, busy=isinstance(e, BackPressureError)) from e
             spent["generation_ms"] += (time.monotonic() - started) * 1000
             return result
 

@@ -28,7 +28,7 @@ def result(text: str, tier: int) -> GenerationResult:
 
 
 class FakeTiers:
-    """Each tier answers from a script; 'DOWN' raises TierUnavailable."""
+    """Each tier answers from a script; 'DOWN' / 'BUSY' raise TierUnavailable."""
 
     def __init__(self, scripts: dict[int, list[str]]):
         self.scripts = {k: list(v) for k, v in scripts.items()}
@@ -37,8 +37,8 @@ class FakeTiers:
     async def generate(self, attempt):
         self.calls.append((attempt.tier, attempt.sampling.temperature))
         text = self.scripts[attempt.tier].pop(0)
-        if text == "DOWN":
-            raise TierUnavailable()
+        if text in ("DOWN", "BUSY"):
+            raise TierUnavailable(f"t{attempt.tier}", busy=text == "BUSY")
         return result(text, attempt.tier)
 
 
@@ -147,3 +147,16 @@ def test_availability_marks_down_until_a_probe_answers():
         "status": "ok", "model": "m", "load_seconds": 1.0}
     seen.down("fast", asyncio.TimeoutError())  # answered before, silent now: down
     assert seen.is_down("fast") and not seen.is_down("embedder")
+
+
+def test_a_full_tier_is_429_not_503():
+    from deployments.protocol import Overloaded
+
+    tiers = FakeTiers({0: ["BUSY"], 1: ["BUSY"]})
+    plan = plan_attempts(0, [0.7, 0.2], Sampling(), 2, 4, 0.5)
+    with pytest.raises(Overloaded) as e:
+        run(run_gated(plan, tiers.generate, score))
+    assert e.value.status == 429 and e.value.retry_after_s
+    mixed = FakeTiers({0: ["DOWN"], 1: ["BUSY"]})  # the tier that is up is only full
+    with pytest.raises(Overloaded):
+        run(run_gated(plan, mixed.generate, score))

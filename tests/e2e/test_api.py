@@ -160,25 +160,44 @@ def test_health_reports_each_deployment(http):
                for d in deployments.values())
 
 
-def test_client_disconnect_aborts_generation(http, base_url):
+def engine_running(http) -> int:
+    return http.get("/health").json()["deployments"]["fast"]["running_requests"]
+
+
+def wait_engine_idle(http, seconds: float) -> float:
+    """Seconds until the fast tier reports no running request (its probe runs every 2 s)."""
+    started = time.monotonic()
+    while engine_running(http) and time.monotonic() - started < seconds:
+        time.sleep(0.25)
+    assert engine_running(http) == 0
+    return time.monotonic() - started
+
+
+LONG = {"model": CHAT, "max_tokens": 800, "temperature": 1.0,
+        "messages": [{"role": "user", "content": "Write a very long story about a dragon."}]}
+
+
+def test_client_disconnect_mid_stream_aborts_generation(http, base_url):
     import httpx
 
-    body = {"model": CHAT, "max_tokens": 800, "temperature": 1.0, "stream": True,
-            "messages": [{"role": "user", "content": "Write a very long story about a dragon."}]}
     with httpx.Client(base_url=base_url, timeout=60) as c:
-        with c.stream("POST", "/v1/chat/completions", json=body) as r:
+        with c.stream("POST", "/v1/chat/completions", json={**LONG, "stream": True}) as r:
             for i, _ in enumerate(r.iter_lines()):
                 if i >= 5:
                     break  # leaving the block closes the connection mid-stream
-
-    def running() -> int:
-        return http.get("/health").json()["deployments"]["fast"]["running_requests"]
-
-    # /health shows the router's last probe (every 2 s): allow 5 s plus one probe period.
-    deadline = time.monotonic() + 7
-    while running() and time.monotonic() < deadline:
-        time.sleep(0.25)
-    assert running() == 0
+    # 5 s for the abort, plus one probe period of staleness in /health
+    print(f"\nstream abort seen after {wait_engine_idle(http, 7):.1f} s")
     assert "Paris" in http.post("/v1/chat/completions", json={
         "model": CHAT, "messages": FRANCE, "temperature": 0, "max_tokens": 16}).json()[
         "choices"][0]["message"]["content"]
+
+
+def test_client_disconnect_mid_request_aborts_generation(http, base_url):
+    import httpx
+
+    with httpx.Client(base_url=base_url, timeout=3) as c, pytest.raises(httpx.ReadTimeout):
+        c.post("/v1/chat/completions", json=LONG)  # gives up after 3 s and closes the socket
+    print(f"\nnon-stream abort seen after {wait_engine_idle(http, 7):.1f} s")
+    r = http.post("/v1/chat/completions", json={"model": CHAT, "messages": FRANCE,
+                                                  "temperature": 0, "max_tokens": 16})
+    assert r.status_code == 200

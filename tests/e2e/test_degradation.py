@@ -8,7 +8,9 @@ error, and keeps them down, so each case is deterministic rather than a race wit
 - /nollm: a broken tier only, a working embedder: chat is 503, embeddings still work.
 """
 
+import asyncio
 import time
+from collections import Counter
 
 import httpx
 import openai
@@ -28,9 +30,14 @@ def broken_apps(base_url):
 
     broken_tier = {"name": "broken", "model_source": BROKEN,
                    "deployment": {**SMALL, "num_replicas": 1}}
-    backup_tier = {"name": "backup", "deployment": {"num_cpus": 0.4, "num_replicas": 1}}
+    # Tight queues (4 running + 4 waiting; 2 + 2 for the embedder) so 10x overload is 80 requests.
+    backup_tier = {"name": "backup", "deployment": {"num_cpus": 0.4, "num_replicas": 1,
+                                                    "max_ongoing_requests": 4,
+                                                    "max_queued_requests": 4}}
     deploy("degraded", variant([broken_tier, backup_tier], BROKEN))
-    deploy("nollm", variant([broken_tier], config_args()["embedder"]["model_source"]))
+    nollm = variant([broken_tier], config_args()["embedder"]["model_source"])
+    nollm["embedder"]["deployment"].update(max_ongoing_requests=2, max_queued_requests=2)
+    deploy("nollm", nollm)
 
     def settled():
         apps = serve.status().applications
@@ -99,6 +106,41 @@ def test_every_llm_down_is_503_while_embeddings_work(broken_apps):
     assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 384
     health = httpx.get(f"{BASE}/nollm/health", timeout=30)
     assert health.status_code == 503 and health.json()["status"] == "unavailable"
+
+
+def overload(url: str, body: dict, n: int) -> list[httpx.Response]:
+    async def main():
+        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=n)) as c:
+            return await asyncio.gather(*(c.post(url, json=body) for _ in range(n)))
+    return asyncio.run(main())
+
+
+def shed_cleanly(responses: list[httpx.Response], capacity: int) -> Counter:
+    codes = Counter(r.status_code for r in responses)
+    print(f"\n{len(responses)} requests at 10x capacity: {dict(codes)}")
+    assert set(codes) <= {200, 429, 503}, codes  # no other 5xx, no hang (client timeout 120 s)
+    assert codes[200] >= capacity and codes[429] + codes[503] > 0
+    for r in responses:
+        if r.status_code != 200:
+            assert int(r.headers["retry-after"]) > 0
+            assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    return codes
+
+
+def test_llm_overload_at_10x_capacity_sheds_with_retry_after(broken_apps):
+    body = {"model": CHAT, "messages": FRANCE, "max_tokens": 16, "quality": {"enabled": False}}
+    codes = shed_cleanly(overload(f"{BASE}/degraded/v1/chat/completions", body, 80), capacity=8)
+    assert codes[429] > 0  # the backup tier is full, not down
+    health = httpx.get(f"{BASE}/degraded/health", timeout=30).json()
+    assert health["deployments"]["backup"]["status"] == "ok"
+    after = httpx.post(f"{BASE}/degraded/v1/chat/completions", json=body, timeout=120)
+    assert after.status_code == 200
+
+
+def test_embedder_overload_at_10x_capacity_sheds_with_retry_after(broken_apps):
+    body = {"model": EMBED, "input": ["one sentence to embed"] * 8}
+    shed_cleanly(overload(f"{BASE}/nollm/v1/embeddings", body, 40), capacity=4)
+    assert httpx.post(f"{BASE}/nollm/v1/embeddings", json=body, timeout=60).status_code == 200
 
 
 def test_main_graph_unaffected(http):

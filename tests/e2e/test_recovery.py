@@ -1,0 +1,91 @@
+"""Kill a replica of each deployment in the middle of bounded load: nothing is lost (the client
+retries once on a 5xx or a broken connection, as the openai client does), and Serve replaces the
+replica. Runs after the other tests of the main graph: it takes replicas away on purpose."""
+
+import asyncio
+import time
+
+import httpx
+import pytest
+import ray
+from ray import serve
+
+from tests.e2e.conftest import BASE
+
+CHAT = "smollm2-135m-instruct"
+EMBED = "all-minilm-l6-v2"
+APP = "graphserve"
+
+
+def replica_actor(deployment: str):
+    prefix = f"SERVE_REPLICA::{APP}#{deployment}#"
+    found = [a for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["name"].startswith(prefix)]
+    assert len(found) == 1, found
+    return ray.get_actor(found[0]["name"], namespace=found[0]["namespace"]), found[0]["name"]
+
+
+def healthy_with_new_replica(deployment: str, old_name: str) -> bool:
+    status = serve.status().applications[APP].deployments[deployment]
+    if status.status.value != "HEALTHY":
+        return False
+    try:
+        return replica_actor(deployment)[1] != old_name
+    except AssertionError:
+        return False
+
+
+async def load_with_kill(path: str, body: dict, deployment: str, total=200, concurrency=8,
+                         kill_after=40) -> dict:
+    """`total` requests, `concurrency` at a time; the replica is killed after `kill_after` have
+    finished. Returns counts and the seconds until the deployment is healthy on a new replica."""
+    done, retried, lost = 0, 0, 0
+    killed_at, old_name = None, None
+    queue = iter(range(total))
+
+    async def send(client) -> bool:
+        try:
+            r = await client.post(path, json=body)
+            return r.status_code < 500
+        except httpx.TransportError:
+            return False
+
+    async def worker(client):
+        nonlocal done, retried, lost, killed_at, old_name
+        for _ in queue:
+            if not await send(client):
+                retried += 1
+                await asyncio.sleep(1)
+                if not await send(client):
+                    lost += 1
+            done += 1
+            if done == kill_after and killed_at is None:
+                actor, old_name = replica_actor(deployment)
+                ray.kill(actor, no_restart=True)
+                killed_at = time.monotonic()
+
+    async with httpx.AsyncClient(base_url=BASE, timeout=180) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    while not healthy_with_new_replica(deployment, old_name):
+        assert time.monotonic() - killed_at < 300, f"{deployment} did not come back"
+        await asyncio.sleep(1)
+    recovered = time.monotonic() - killed_at
+    result = {"deployment": deployment, "sent": total, "retried": retried, "lost": lost,
+              "recovered_s": round(recovered, 1)}
+    print(f"\n{result}")
+    return result
+
+
+@pytest.mark.parametrize("deployment,path,body,limit_s", [
+    ("embedder", "/v1/embeddings", {"model": EMBED, "input": ["a sentence to embed"] * 4}, 60),
+    ("router", "/v1/chat/completions", {"model": CHAT, "max_tokens": 4, "temperature": 0,
+                                        "messages": [{"role": "user", "content": "Hi"}]}, 60),
+    # An LLM replica reloads vLLM (~75 s on this 2-core host): meanwhile the next tier answers.
+    ("fast", "/v1/chat/completions", {"model": CHAT, "max_tokens": 4, "temperature": 0,
+                                      "messages": [{"role": "user", "content": "Hi"}]}, 180),
+], ids=["embedder", "router", "llm"])
+def test_killed_replica_loses_nothing_and_comes_back(http, deployment, path, body, limit_s):
+    result = asyncio.run(load_with_kill(path, body, deployment))
+    assert result["lost"] == 0
+    assert result["recovered_s"] < limit_s
+    assert http.get("/health").status_code == 200
