@@ -113,13 +113,13 @@ class GraphServer(Server):
         config["http_options"]["port"] = self.port
         self.config_file = Path(tempfile.mkdtemp()) / "serve_config.yaml"
         self.config_file.write_text(yaml.safe_dump(config))
-        # `serve run` starts its own local Ray (loopback, no dashboard needed here).
+        # `serve run` starts its own local Ray: run the benchmark with no other Ray on the host
+        # (`make stop` first), or `serve run` would join that one.
         return [str(VENV_BIN / "serve"), "run", str(self.config_file)], {
             "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
 
     def stop(self) -> None:
-        super().stop()
-        subprocess.run([str(VENV_BIN / "ray"), "stop", "--force"], capture_output=True)
+        super().stop()  # `serve run` shuts down the Ray it started; its process group goes too
         shutil.rmtree(self.config_file.parent, ignore_errors=True)
 
 

@@ -148,10 +148,12 @@ async def run_gated(
     plan: list[Attempt],
     generate: Callable[[Attempt], Awaitable[GenerationResult]],
     score: Callable[[GenerationResult], Awaitable[quality.QualityReport]] | None,
+    max_attempts: int | None = None,
 ) -> Outcome:
-    """Runs the plan until an answer passes; returns the best answer seen.
+    """Runs the plan until an answer passes or `max_attempts` answers were made; returns the best.
 
-    `generate` raises TierUnavailable for a tier that is down: its remaining attempts are skipped.
+    `generate` raises TierUnavailable for a tier that is down: its remaining attempts are skipped,
+    and they do not count against `max_attempts` (a down entry tier still lets the next answer).
     With `score` None the gate is off and the first answer is returned unscored.
     """
     candidates: list[Outcome] = []
@@ -171,7 +173,7 @@ async def run_gated(
         report = await score(result)
         candidates.append(Outcome(result, report))
         report.attempts = len(candidates)
-        if report.passed:
+        if report.passed or len(candidates) == max_attempts:
             break
     if not candidates:
         raise no_tier_error(any(busy))
@@ -338,10 +340,10 @@ class QualityRouter:
     async def _gated(self, request, request_id: str) -> Outcome:
         qcfg, max_attempts, _ = self._quality_config(request)
         entry = self._entry_tier(request.model)
+        every = self.config.max_attempts_per_tier * len(self.tiers)
         plan = plan_attempts(
             entry, [t.sampling.temperature for t in self.tiers], sampling_of(request),
-            self.config.max_attempts_per_tier, max_attempts if qcfg.enabled else 1,
-            self.config.retry_temperature_factor,
+            self.config.max_attempts_per_tier, every, self.config.retry_temperature_factor,
         )
         prompt = relevance_text(request)
         counter = iter(range(len(plan)))
@@ -378,7 +380,7 @@ class QualityRouter:
             report.timing = spent  # the totals over every attempt so far
             return report
 
-        outcome = await run_gated(plan, generate, score if qcfg.enabled else None)
+        outcome = await run_gated(plan, generate, score if qcfg.enabled else None, max_attempts)
         if outcome.report is not None:
             outcome.report.timing = {k: round(v, 1) for k, v in spent.items()}
         return outcome

@@ -160,3 +160,13 @@ def test_a_full_tier_is_429_not_503():
     mixed = FakeTiers({0: ["DOWN"], 1: ["BUSY"]})  # the tier that is up is only full
     with pytest.raises(Overloaded):
         run(run_gated(plan, mixed.generate, score))
+
+
+def test_a_down_entry_tier_does_not_use_up_the_attempts():
+    plan = plan_attempts(0, [0.7, 0.2], Sampling(), 2, 4, 0.5)
+    tiers = FakeTiers({0: ["DOWN"], 1: ["Paris is the capital of France."]})
+    gate_off = run(run_gated(plan, tiers.generate, None, max_attempts=1))
+    assert gate_off.result.tier == "t1"
+    tiers = FakeTiers({0: ["DOWN"], 1: ["Paris is", "Paris is the capital of France."]})
+    one = run(run_gated(plan, tiers.generate, score, max_attempts=1))
+    assert one.result.tier == "t1" and one.report.attempts == 1 and not one.report.passed
