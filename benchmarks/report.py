@@ -82,6 +82,8 @@ def markdown(results: dict) -> str:
     if "scoring" in results:
         lines += ["", "## Quality scoring cost (gate on, from each response's `quality.timing`)", "",
                   " | ".join(f"{k}: {v}" for k, v in results["scoring"].items())]
+    for peer, error in results.get("errors", {}).items():
+        lines += ["", f"**{peer} failed**: {error}"]
     return "\n".join(lines) + "\n"
 
 
