@@ -116,7 +116,10 @@ def scoring_overhead(gate_on: dict) -> dict:
                if s.get("quality", {}).get("timing")]
     ratios = [t["scoring_ms"] / t["generation_ms"] * 100 for t in timings if t["generation_ms"]]
     scoring = [t["scoring_ms"] for t in timings]
-    return {"requests": len(timings),
+    per_level = {c: round(load.pct([s["quality"]["timing"]["scoring_ms"] for s in level["samples"]
+                                    if s.get("quality", {}).get("timing")], 50), 2)
+                 for c, level in gate_on.items()}
+    return {"requests": len(timings), "scoring_ms_p50_by_concurrency": per_level,
             "scoring_ms_p50": round(load.pct(scoring, 50), 2),
             "scoring_ms_p95": round(load.pct(scoring, 95), 2),
             "generation_ms_p50": round(load.pct([t["generation_ms"] for t in timings], 50), 1),
