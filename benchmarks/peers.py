@@ -9,6 +9,7 @@ Engine settings for all LLM peers come from the graph's own `fast` tier config, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -42,11 +43,9 @@ def wait_http(url: str, deadline_s: float, proc: subprocess.Popen) -> float:
     while time.monotonic() - started < deadline_s:
         if proc.poll() is not None:
             raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before it was ready")
-        try:
+        with contextlib.suppress(httpx.HTTPError):  # not listening yet
             if httpx.get(url, timeout=5).status_code == 200:
                 return time.monotonic() - started
-        except httpx.HTTPError:
-            pass
         time.sleep(0.5)
     raise TimeoutError(f"{url} not ready after {deadline_s:.0f} s")
 
