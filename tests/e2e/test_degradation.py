@@ -145,3 +145,27 @@ def test_embedder_overload_at_10x_capacity_sheds_with_retry_after(broken_apps):
 
 def test_main_graph_unaffected(http):
     assert http.get("/health").json()["status"] == "ok"
+
+
+def test_in_flight_requests_finish_when_the_app_is_removed(broken_apps):
+    """Last in this module: it deletes /nollm. Serve drains each replica before stopping it
+    (graceful_shutdown_timeout_s), so requests already running complete with 200."""
+    from ray import serve
+
+    body = {"model": EMBED, "input": ["a sentence long enough to keep the encoder busy"] * 512}
+
+    async def main():
+        async with httpx.AsyncClient(timeout=120) as c:
+            # two requests: what the embedder (max_ongoing_requests 2) runs at once
+            running = [asyncio.create_task(c.post(f"{BASE}/nollm/v1/embeddings", json=body))
+                       for _ in range(2)]
+            await asyncio.sleep(1.0)
+            started = time.monotonic()
+            await asyncio.to_thread(serve.delete, "nollm")
+            print(f"\nnollm deleted in {time.monotonic() - started:.1f} s")
+            return await asyncio.gather(*running)
+
+    responses = asyncio.run(main())
+    assert [r.status_code for r in responses] == [200, 200]
+    assert all(len(r.json()["data"]) == 512 for r in responses)
+    assert "nollm" not in serve.status().applications
