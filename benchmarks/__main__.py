@@ -65,7 +65,7 @@ async def chat_in_process(engine, max_tokens: int, levels: list[int], quick: boo
             tokens += new
         end = time.perf_counter()
         return Sample(ok=first is not None, ttft=(first or end) - started, e2e=end - started,
-                      tokens=tokens, itl=gaps)
+                      tokens=tokens, itl=gaps, last=(last or end) - started)
 
     await one(0)  # warm-up
     out = {}

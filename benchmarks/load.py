@@ -1,7 +1,9 @@
 """Load generators: the same requests against every peer, measured the same way.
 
-Chat is streamed, so time to first token (TTFT) and inter-token latency (ITL) are seen by the client
-exactly as an application sees them; throughput is completion tokens per wall-clock second.
+Chat is streamed, so time to first token (TTFT) is seen by the client exactly as an application sees
+it; time per output token (TPOT: from the first token to the last, over the tokens after the first)
+is vLLM's benchmark definition and does not depend on how many tokens a chunk carries. Throughput is
+completion tokens per wall-clock second.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ class Sample:
     ttft: float = 0.0
     e2e: float = 0.0
     tokens: int = 0
-    itl: list[float] = field(default_factory=list)
+    itl: list[float] = field(default_factory=list)  # gaps between chunks, not tokens
+    last: float = 0.0  # seconds from the request to its last token
     extra: dict = field(default_factory=dict)
 
 
@@ -57,6 +60,7 @@ def pct(values: list[float], q: float) -> float:
 def summarize(samples: list[Sample], wall: float) -> dict:
     good = [s for s in samples if s.ok]
     itl = [x for s in good for x in s.itl]
+    tpot = [(s.last - s.ttft) / (s.tokens - 1) for s in good if s.tokens > 1 and s.last > s.ttft]
     tokens = sum(s.tokens for s in good)
     return {
         "requests": len(samples), "failed": len(samples) - len(good),
@@ -65,6 +69,8 @@ def summarize(samples: list[Sample], wall: float) -> dict:
         "requests_per_s": round(len(good) / wall, 2) if wall else 0.0,
         "ttft_p50_ms": round(pct([s.ttft for s in good], 50) * 1000, 2),
         "ttft_p95_ms": round(pct([s.ttft for s in good], 95) * 1000, 2),
+        "tpot_p50_ms": round(pct(tpot, 50) * 1000, 2),
+        "tpot_p95_ms": round(pct(tpot, 95) * 1000, 2),
         "itl_p50_ms": round(pct(itl, 50) * 1000, 2),
         "itl_mean_ms": round(statistics.fmean(itl) * 1000, 2) if itl else float("nan"),
         "e2e_p50_ms": round(pct([s.e2e for s in good], 50) * 1000, 2),
@@ -120,7 +126,8 @@ async def chat_http(client: httpx.AsyncClient, url: str, model: str, prompt: str
         return Sample(ok=False, extra={"error": type(e).__name__})
     end = time.perf_counter()
     return Sample(ok=first is not None, ttft=(first or end) - started, e2e=end - started,
-                  tokens=tokens, itl=gaps, extra={"quality": quality} if quality else {})
+                  tokens=tokens, itl=gaps, last=(last or end) - started,
+                  extra={"quality": quality} if quality else {})
 
 
 async def embed_http(client: httpx.AsyncClient, url: str, model: str, texts: list[str]) -> Sample:

