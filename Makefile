@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup ray-up serve deploy stop test test-unit test-e2e bench clean
+.PHONY: setup ray-up serve deploy stop test test-unit test-e2e test-cluster bench clean
 
 setup: $(STAMP) $(MODELS_STAMP)
 
@@ -52,14 +52,21 @@ deploy: ray-up
 stop:
 	-$(RAY_CLI)/ray stop --force
 
+# Unit and single-node end-to-end tests, then the two-node cluster tests in their own process
+# (each starts its own Ray, and they must not share the host's two cores).
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests -m "not cluster"
+	$(PY) -m pytest -q tests -m cluster
 
 test-unit: setup
-	$(PY) -m pytest -q tests -m "not e2e"
+	$(PY) -m pytest -q tests -m "not e2e and not cluster"
 
 test-e2e: setup
 	$(PY) -m pytest -q tests -m e2e
+
+# A head and a worker raylet on this machine (cluster/local.sh), the graph deployed across both.
+test-cluster: setup
+	$(PY) -m pytest -q -s tests -m cluster
 
 bench: setup
 	$(PY) -m benchmarks

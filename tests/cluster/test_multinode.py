@@ -1,0 +1,181 @@
+"""The graph on a real two-node Ray cluster (cluster/local.sh: a head and a worker raylet on this
+machine): replicas land on both nodes, the app serves, and stopping the worker moves its replicas
+to the head while requests keep succeeding (the client retries once, as the openai client does).
+
+Run by `make test-cluster` (also the last step of `make test`): it needs the host to itself.
+"""
+
+import asyncio
+import copy
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = str(ROOT / "cluster" / "local.sh")
+PORT = 8100
+BASE = f"http://127.0.0.1:{PORT}"
+DASHBOARD = "http://127.0.0.1:8275"
+APP = "graphserve"
+CHAT, EMBED = "smollm2-135m-instruct", "all-minilm-l6-v2"
+HEAD_ONLY = {"graphserve_head": 0.01}
+
+pytestmark = pytest.mark.cluster
+
+
+def cluster(*args: str, timeout: float = 180) -> str:
+    done = subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def cluster_config() -> dict:
+    """serve_config.yaml with one LLM tier, the router, ingress and LLM pinned to the head (where
+    the only proxy runs) and two embedder replicas left for Serve to spread over both nodes."""
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    config["proxy_location"] = "HeadOnly"  # one HTTP port on this one machine
+    config["http_options"]["port"] = PORT
+    args = config["applications"][0]["args"]
+    args["tiers"] = args["tiers"][:1]
+    for part in (args["tiers"][0], args["router"], args["ingress"]):
+        part["deployment"]["resources"] = dict(HEAD_ONLY)
+    args["embedder"]["deployment"].update(num_replicas=2, num_cpus=0.3)
+    return config
+
+
+def replica_nodes(deployment: str) -> list[str]:
+    """The node id of every live replica of one deployment (Ray's state API)."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=DASHBOARD, filters=[
+        ("class_name", "=", f"ServeReplica:{APP}:{deployment}"), ("state", "=", "ALIVE")])
+    return [a["node_id"] for a in actors]
+
+
+def node_ids() -> dict[str, str]:
+    """'head' / 'worker' -> node id, from the resources each node was started with."""
+    from ray.util.state import list_nodes
+
+    out = {}
+    for node in list_nodes(address=DASHBOARD, filters=[("state", "=", "ALIVE")], detail=True):
+        for role in ("head", "worker"):
+            if f"graphserve_{role}" in (node.get("resources_total") or {}):
+                out[role] = node["node_id"]
+    return out
+
+
+def serve_state() -> dict:
+    """The app as Serve's REST API reports it (what `serve status` prints)."""
+    r = httpx.get(f"{DASHBOARD}/api/serve/applications/", timeout=10,
+                  headers={"Authorization": f"Bearer {auth_token()}"})
+    r.raise_for_status()
+    return r.json()["applications"].get(APP, {})
+
+
+def auth_token() -> str:
+    return subprocess.run([f"{ROOT}/.venv/bin/ray", "get-auth-token"], capture_output=True,
+                          text=True, env={**os.environ, "RAY_AUTH_MODE": "token"}).stdout.strip()
+
+
+def wait_until(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except Exception:  # the cluster is mid-change: ask again
+            value = None
+        if value:
+            return value
+        time.sleep(2)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def deployed():
+    os.environ["RAY_AUTH_MODE"] = "token"  # the state API and serve CLI read Ray's token
+    cluster("down")
+    cluster("up")
+    try:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            yaml.safe_dump(cluster_config(), f)
+        started = time.monotonic()
+        cluster("deploy", f.name)
+        wait_until(lambda: httpx.get(f"{BASE}/health", timeout=5).status_code == 200, 400,
+                   "the graph to answer /health on the 2-node cluster")
+        print(f"\ngraph ready on 2 nodes in {time.monotonic() - started:.0f} s")
+        yield node_ids()
+    finally:
+        print(cluster("status", timeout=60)[-3000:])
+        cluster("down")
+
+
+def test_replicas_land_on_both_nodes_and_the_app_serves(deployed):
+    assert set(deployed) == {"head", "worker"}
+    embedders = replica_nodes("embedder")
+    assert sorted(embedders) == sorted([deployed["head"], deployed["worker"]]), embedders
+    for pinned in ("fast", "router", "ingress"):
+        assert replica_nodes(pinned) == [deployed["head"]], pinned
+    r = httpx.post(f"{BASE}/v1/chat/completions", timeout=120, json={
+        "model": CHAT, "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "max_tokens": 16, "temperature": 0})
+    assert r.status_code == 200 and "Paris" in r.json()["choices"][0]["message"]["content"]
+    r = httpx.post(f"{BASE}/v1/embeddings", json={"model": EMBED, "input": ["hello"] * 4})
+    assert r.status_code == 200 and len(r.json()["data"]) == 4
+
+
+def test_stopping_the_worker_moves_its_replicas_and_requests_keep_succeeding(deployed):
+    head = deployed["head"]
+    results = {"sent": 0, "retried": 0, "lost": 0, "statuses": {}}
+    stop = asyncio.Event()
+
+    async def one(client, path, body) -> bool:
+        try:
+            r = await client.post(path, json=body)
+        except httpx.TransportError:
+            return False
+        results["statuses"][r.status_code] = results["statuses"].get(r.status_code, 0) + 1
+        return r.status_code < 500
+
+    async def worker(client, path, body):
+        while not stop.is_set():
+            results["sent"] += 1
+            if not await one(client, path, body):
+                results["retried"] += 1
+                await asyncio.sleep(1)
+                if not await one(client, path, body):
+                    results["lost"] += 1
+
+    async def run() -> float:
+        chat = {"model": CHAT, "messages": [{"role": "user", "content": "Say hello."}],
+                "max_tokens": 8, "quality": {"enabled": False}}
+        embed = {"model": EMBED, "input": ["a sentence to embed"]}
+        async with httpx.AsyncClient(base_url=BASE, timeout=120) as client:
+            tasks = [asyncio.create_task(worker(client, "/v1/embeddings", embed)) for _ in range(4)]
+            tasks.append(asyncio.create_task(worker(client, "/v1/chat/completions", chat)))
+            await asyncio.sleep(5)
+            stopped_at = time.monotonic()
+            await asyncio.to_thread(cluster, "stop-worker")
+            moved = await asyncio.to_thread(
+                wait_until,
+                lambda: replica_nodes("embedder") == [head, head]
+                and serve_state()["deployments"]["embedder"]["status"] == "HEALTHY",
+                240, "both embedder replicas alive on the head")
+            recovery_s = time.monotonic() - stopped_at
+            await asyncio.sleep(5)  # requests go on after the move
+            stop.set()
+            await asyncio.gather(*tasks)
+            assert moved
+            return recovery_s
+
+    recovery_s = asyncio.run(run())
+    print(f"\nworker stopped: {results}, embedder back to 2 replicas on the head in "
+          f"{recovery_s:.1f} s")
+    assert results["lost"] == 0, results
+    assert results["sent"] > 20, results
+    assert httpx.get(f"{BASE}/health", timeout=10).status_code == 200
