@@ -56,7 +56,7 @@ stop:
 # (each starts its own Ray, and they must not share the host's two cores).
 test: setup
 	$(PY) -m pytest -q tests -m "not cluster"
-	$(PY) -m pytest -q tests -m cluster
+	RAY_AUTH_MODE=token $(PY) -m pytest -q tests -m cluster
 
 test-unit: setup
 	$(PY) -m pytest -q tests -m "not e2e and not cluster"
@@ -66,7 +66,7 @@ test-e2e: setup
 
 # A head and a worker raylet on this machine (cluster/local.sh), the graph deployed across both.
 test-cluster: setup
-	$(PY) -m pytest -q -s tests -m cluster
+	RAY_AUTH_MODE=token $(PY) -m pytest -q -s tests -m cluster
 
 bench: setup
 	$(PY) -m benchmarks

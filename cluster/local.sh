@@ -47,10 +47,41 @@ up() {
   echo ">> two nodes up; dashboard $DASHBOARD"
 }
 
+# A process and all its descendants, collected before anything is killed (orphans are re-parented
+# and could no longer be found).
+tree() {
+  local pid
+  for pid in "$@"; do
+    echo "$pid"
+    tree $(pgrep -P "$pid" || true)
+  done
+}
+
+kill_tree() {  # $1: signals, e.g. "TERM KILL" (5 s apart); the rest: root pids
+  local signals=$1 sig; shift
+  local pids; pids=$(tree "$@")
+  for sig in $signals; do
+    kill "-$sig" $pids 2>/dev/null || true
+    [ "$sig" = KILL ] || sleep 5
+  done
+}
+
+worker_raylet() { pgrep -f "raylet.*--node_manager_port=$WORKER_NM_PORT( |\$)" || true; }
+
 stop_worker() {
-  # SIGTERM to the worker's raylet: it drains and tells the GCS, its workers (replicas) exit.
-  pkill -TERM -f "raylet.*--node_manager_port=$WORKER_NM_PORT( |\$)" \
-    && echo ">> worker node stopped" || echo ">> no worker node running"
+  # The whole node at once (its raylet, agents and replicas), as when a machine is lost.
+  local raylet; raylet=$(worker_raylet)
+  [ -z "$raylet" ] && { echo ">> no worker node running"; return 0; }
+  kill_tree KILL $raylet
+  echo ">> worker node stopped"
+}
+
+down() {
+  # Only this cluster's processes (found by its GCS port), never another Ray on the host.
+  local roots; roots=$(pgrep -f "(--gcs_server_port=|--gcs-address=[0-9.]+:|--address=[0-9.]+:)$GCS_PORT( |\$)" || true)
+  [ -z "$roots" ] && { echo ">> no cluster running"; return 0; }
+  kill_tree "TERM KILL" $roots
+  echo ">> cluster down"
 }
 
 case "${1:-}" in
@@ -58,13 +89,6 @@ case "${1:-}" in
   deploy) "$BIN/serve" deploy -a "$DASHBOARD" "${2:?a serve config file}" ;;
   status) "$BIN/ray" status --address "127.0.0.1:$GCS_PORT"; "$BIN/serve" status -a "$DASHBOARD" ;;
   stop-worker) stop_worker ;;
-  down)
-    stop_worker || true
-    # Stop only this cluster's processes, not another Ray on the host.
-    pkill -TERM -f "gcs_server.*--gcs_server_port=$GCS_PORT( |\$)" || true
-    pkill -TERM -f "raylet.*--gcs-address=127.0.0.1:$GCS_PORT( |\$)" || true
-    sleep 3
-    pkill -KILL -f "(raylet|gcs_server|dashboard|log_monitor|runtime_env).*$GCS_PORT( |\$|,)" || true
-    echo ">> cluster down" ;;
+  down) down ;;
   *) sed -n '2,14p' "$0"; exit 2 ;;
 esac

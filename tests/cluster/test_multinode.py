@@ -98,7 +98,6 @@ def wait_until(predicate, timeout_s: float, what: str):
 
 @pytest.fixture(scope="module")
 def deployed():
-    os.environ["RAY_AUTH_MODE"] = "token"  # the state API and serve CLI read Ray's token
     cluster("down")
     cluster("up")
     try:
