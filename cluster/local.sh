@@ -81,6 +81,8 @@ down() {
   local roots; roots=$(pgrep -f "(--gcs_server_port=|--gcs-address=[0-9.]+:|--address=[0-9.]+:)$GCS_PORT( |\$)" || true)
   [ -z "$roots" ] && { echo ">> no cluster running"; return 0; }
   kill_tree "TERM KILL" $roots
+  # What `ray stop` does too: a later `ray.init()` must not try to join the cluster that is gone.
+  grep -qs ":$GCS_PORT\$" /tmp/ray/ray_current_cluster && rm -f /tmp/ray/ray_current_cluster
   echo ">> cluster down"
 }
 

@@ -174,7 +174,7 @@ class RouterConfig(Strict):
         2.0, gt=0, description="how often the router asks each tier and the embedder for `info`"
     )
     probe_timeout_s: float = Field(
-        10.0, gt=0, description="a deployment whose probe takes longer is skipped until one answers"
+        10.0, gt=0, description="a probe taking longer marks its deployment slow (still used)"
     )
     max_attempts_per_tier: int = Field(2, ge=1)
     retry_temperature_factor: float = Field(
@@ -197,7 +197,11 @@ class IngressConfig(Strict):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(120.0, gt=0)
     deployment: DeploymentOptions = Field(
-        default_factory=lambda: DeploymentOptions(num_cpus=0.1, max_ongoing_requests=512)
+        # Serve's proxy answers a full ingress with a plain-text 503 (no Retry-After, no error
+        # body): the ingress only parses and waits, so it takes a burst whole and the graph sheds
+        # with its own 429 where the real capacity is (the router's and the tiers' queues).
+        default_factory=lambda: DeploymentOptions(num_cpus=0.1, max_ongoing_requests=2048,
+                                                  max_queued_requests=2048)
     )
 
 

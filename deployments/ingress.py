@@ -190,8 +190,8 @@ class Ingress:
     async def health(self) -> JSONResponse:
         """Per deployment: the router's last probe (model, load time, uptime) and Serve's replicas.
 
-        200 while at least one LLM tier can answer ("ok", or "degraded" when something is down),
-        503 when none can.
+        200 while at least one LLM tier can answer ("ok", or "degraded" when something is down or
+        slow to answer its probe), 503 when none can.
         """
         probes, serve_status = await asyncio.gather(
             asyncio.wait_for(self.router.status.remote(), 5),
@@ -218,7 +218,7 @@ class Ingress:
                     deployments[name]["replicas"] = {
                         state.value if hasattr(state, "value") else str(state): count
                         for state, count in overview.replica_states.items()}
-        llm_ok = any(deployments[t]["status"] == "ok" for t in self.tier_names)
+        llm_ok = any(deployments[t]["status"] in ("ok", "slow") for t in self.tier_names)
         all_ok = all(d["status"] == "ok" for d in deployments.values())
         status = "ok" if all_ok else "degraded" if llm_ok else "unavailable"
         return JSONResponse({"status": status, "deployments": deployments},

@@ -84,12 +84,17 @@ class Availability:
         self.state[name] = {"status": "ok", **info}
 
     def down(self, name: str, error: BaseException) -> None:
-        """A failed probe or call. A full queue is busy, not down; a timeout counts only against
-        a deployment that has answered before (one still loading its model is starting)."""
+        """A failed probe or call. Only an explicit failure (no replica, dead actor, dead engine)
+        is down. A full queue is busy; a timeout is slow, not down: under a burst the probe
+        waits behind hundreds of requests (a 1,280-request burst here made both tiers look down
+        and turned 429s into 503s), and a replica that really hangs fails Serve's own health
+        check and is replaced. A deployment still loading its model stays "starting"."""
         was = self.state[name]["status"]
         if isinstance(error, BackPressureError):
             return
-        if isinstance(error, asyncio.TimeoutError) and was == "starting":
+        if isinstance(error, asyncio.TimeoutError):
+            if was != "starting":
+                self.state[name] = {**self.state[name], "status": "slow", "error": "TimeoutError"}
             return
         self.state[name] = {**self.state[name], "status": "unavailable",
                             "error": type(error).__name__}

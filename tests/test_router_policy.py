@@ -3,6 +3,7 @@
 import asyncio
 
 import pytest
+from ray.serve.exceptions import DeploymentUnavailableError
 
 from deployments.config import QualityConfig
 from deployments.protocol import (
@@ -145,7 +146,9 @@ def test_availability_marks_down_until_a_probe_answers():
     seen.up("fast", {"model": "m", "load_seconds": 1.0})
     assert not seen.is_down("fast") and seen.state["fast"] == {
         "status": "ok", "model": "m", "load_seconds": 1.0}
-    seen.down("fast", asyncio.TimeoutError())  # answered before, silent now: down
+    seen.down("fast", asyncio.TimeoutError())  # answered before, slow now (a burst): not down
+    assert not seen.is_down("fast") and seen.state["fast"]["status"] == "slow"
+    seen.down("fast", DeploymentUnavailableError("fast"))
     assert seen.is_down("fast") and not seen.is_down("embedder")
 
 

@@ -38,7 +38,8 @@ def base_url():
     started = time.monotonic()
     # 4 logical CPUs on 2 cores: room for the main graph (2.0) and the small failure-test apps;
     # 2 fake GPUs: Ray only counts them, so placement by GPU fraction is testable without CUDA.
-    ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False,
+    # address="local": always a fresh Ray of its own, never one a `ray start` left on the host.
+    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False,
              _metrics_export_port=METRICS_PORT,
              # Export every 5 s (default 10 s) so the scrape test waits less; gauges live for two
              # export periods, so a busy replica's gauges must not age out between exports.

@@ -1,6 +1,7 @@
 """A 1,280-request burst at the main graph (Ray issue #54070: such a burst made health checks time
-out and Serve restart healthy replicas). Every request gets a 2xx or a 429/503 with Retry-After and
-the error body, and no replica is restarted: the health checks held under the burst."""
+out and Serve restart healthy replicas). Every request gets an answer: a 200, a 429 with
+Retry-After (full), or a 504 (waited past request_timeout_s), each error with the OpenAI body;
+none is a 503, because nothing is down; and no replica is restarted: the health checks held."""
 
 import asyncio
 import collections
@@ -43,12 +44,14 @@ def test_burst_of_1280_requests_sheds_cleanly_and_restarts_nothing(http):
     print(f"\n{BURST} requests at once in {took:.1f} s: {dict(codes)}, "
           f"{len(errors)} connection errors")
     assert not errors, errors[:3]
-    assert set(codes) <= {200, 429, 503}, codes
-    assert codes[200] > 0
-    for r in responses:
-        if r.status_code != 200:
+    # Nothing is down, so what does not fit is "busy" (429), never "unavailable" (503); what
+    # waited past request_timeout_s in the queues is a 504. Each with the OpenAI error body.
+    assert codes[200] > 0 and set(codes) <= {200, 429, 504}, codes
+    refused = [r for r in responses if r.status_code != 200]
+    for r in refused:
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}, r.text[:200]
+        if r.status_code == 429:
             assert int(r.headers["retry-after"]) > 0
-            assert set(r.json()["error"]) == {"message", "type", "param", "code"}
     # Health checks run every 10 s with a 30 s timeout (serve_config.yaml); give one more round.
     time.sleep(12)
     assert replica_names() == before, "a replica was restarted during the burst"
