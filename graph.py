@@ -28,8 +28,7 @@ def build(config: GraphConfig) -> Application:
     ).bind(config.router, config.tiers, tiers, embedder, config.embedder.name)
     return Ingress.options(
         **config.ingress.deployment.serve_options(config.ingress.name)
-    ).bind(config.ingress, config.embedder, router, embedder,
-           [t.name for t in config.tiers], config.router.name)
+    ).bind(config.ingress, config.embedder, router, embedder, config.tiers, config.router.name)
 
 
 def app_builder(args: dict) -> Application:

@@ -34,7 +34,7 @@ class DeploymentOptions(Strict):
     num_replicas: int | None = Field(1, ge=1)
     autoscaling: AutoscalingConfig | None = None
     max_ongoing_requests: int = Field(64, ge=1)
-    max_queued_requests: int = Field(256, ge=-1)
+    max_queued_requests: int = Field(256, ge=-1, description="-1: no limit; 0 is not allowed")
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
     resources: dict[str, float] = Field(default_factory=dict)
@@ -42,6 +42,12 @@ class DeploymentOptions(Strict):
     health_check_timeout_s: float = Field(30.0, gt=0)
     graceful_shutdown_timeout_s: float = Field(30.0, ge=0)
     graceful_shutdown_wait_loop_s: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _serve_accepts_queue(self) -> DeploymentOptions:
+        if self.max_queued_requests == 0:  # Serve rejects it at deploy time: say so at load
+            raise ValueError("max_queued_requests must be -1 (no limit) or at least 1")
+        return self
 
     def serve_options(self, name: str) -> dict[str, Any]:
         """Keyword arguments for `Deployment.options(...)`."""
@@ -57,6 +63,10 @@ class DeploymentOptions(Strict):
             "health_check_timeout_s": self.health_check_timeout_s,
             "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
             "graceful_shutdown_wait_loop_s": self.graceful_shutdown_wait_loop_s,
+            # What Serve itself answers when this deployment's queue is full and the request
+            # never reaches our code (a full ingress, seen by the proxy): "busy, retry in 1 s"
+            # (429 + Retry-After), as our own overload errors say, not its default bare 503.
+            "backpressure_config": {"status_code": 429, "retry_after_s": 1},
         }
         if self.autoscaling is not None:
             options["autoscaling_config"] = self.autoscaling.model_dump(exclude_none=True)

@@ -26,7 +26,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments.config import EmbedderConfig, IngressConfig
+from deployments.config import EmbedderConfig, IngressConfig, LLMConfig
 from deployments.metrics import RequestMetrics
 from deployments.protocol import (
     APIError,
@@ -139,16 +139,18 @@ def sse(data: dict | str) -> bytes:
 class Ingress:
     async def __init__(self, config: IngressConfig, embedder_config: EmbedderConfig,
                  router: DeploymentHandle, embedder: DeploymentHandle,
-                 tier_names: list[str], router_name: str):
+                 tiers: list[LLMConfig], router_name: str):
         self.config = config
         self.embedder_config = embedder_config
-        self.tier_names = tier_names
+        self.tier_names = [t.name for t in tiers]
+        # Fixed by the config, so known here: asking the router per request (or once, lazily)
+        # would put a call outside the request's error handling (a burst showed it).
+        self.model_ids = list(dict.fromkeys(t.model_id for t in tiers))
         self.router_name = router_name
         self.router = router
         self.embedder = embedder
         # Read from the environment, never from the YAML, so the key is not in version control.
         self.api_key = os.environ.get(config.api_key_env) or None
-        self.model_ids: list[str] | None = None
         # A fresh handle learns its deployment's state on first use, and that first call waits
         # forever on a deployment that failed to start: make it now, off the request path.
         self._handle_warmup = asyncio.create_task(self._warm(embedder))
@@ -224,15 +226,10 @@ class Ingress:
         return JSONResponse({"status": status, "deployments": deployments},
                             status_code=200 if llm_ok else 503)
 
-    async def _chat_model_ids(self) -> list[str]:
-        if self.model_ids is None:  # fixed by the config: ask the router once
-            self.model_ids = await self.router.model_ids.remote()
-        return self.model_ids
-
     @app.get("/v1/models")
     async def models(self, request: Request) -> JSONResponse:
         self._authorize(request)
-        ids = [*await self._chat_model_ids(), self.embedder_config.model_id]
+        ids = [*self.model_ids, self.embedder_config.model_id]
         return JSONResponse({"object": "list", "data": [
             {"id": i, "object": "model", "created": 0, "owned_by": "graphserve"} for i in ids
         ]})
@@ -250,7 +247,7 @@ class Ingress:
         return await self._generate(request, body, chat=False)
 
     async def _generate(self, request: Request, body, chat: bool):
-        if body.model not in await self._chat_model_ids():  # a 404 here spares the router a traceback
+        if body.model not in self.model_ids:  # a 404 here spares the router a traceback
             raise ModelNotFound.named(body.model, self.model_ids)
         # Serve's proxy sets x-request-id (the client's, or a new one) and tags its logs with it.
         rid = request.headers.get("x-request-id") or new_id("chatcmpl" if chat else "cmpl")
