@@ -207,9 +207,9 @@ class IngressConfig(Strict):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(120.0, gt=0)
     deployment: DeploymentOptions = Field(
-        # Serve's proxy answers a full ingress with a plain-text 503 (no Retry-After, no error
-        # body): the ingress only parses and waits, so it takes a burst whole and the graph sheds
-        # with its own 429 where the real capacity is (the router's and the tiers' queues).
+        # A full ingress is answered by Serve's proxy, without our error body: the ingress only
+        # parses and waits, so it takes a burst whole and the graph sheds with its own 429 where
+        # the real capacity is (the router's and the tiers' queues).
         default_factory=lambda: DeploymentOptions(num_cpus=0.1, max_ongoing_requests=2048,
                                                   max_queued_requests=2048)
     )
