@@ -56,7 +56,7 @@ stop:
 # (each starts its own Ray, and they must not share the host's two cores).
 test: setup
 	$(PY) -m pytest -q tests -m "not cluster"
-	RAY_AUTH_MODE=token $(PY) -m pytest -q tests -m cluster
+	@$(MAKE) --no-print-directory test-cluster
 
 test-unit: setup
 	$(PY) -m pytest -q tests -m "not e2e and not cluster"

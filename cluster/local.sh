@@ -11,7 +11,8 @@
 # Resources: the head has `graphserve_head: 1`, the worker `graphserve_worker: 1`; a deployment
 # pins itself with `resources: {graphserve_head: 0.01}` in its `deployment` block, and Serve
 # spreads the others over both nodes. Ports sit away from Ray's defaults, so this runs beside a
-# `make ray-up` Ray. Every Ray port binds to 127.0.0.1; the token is Ray's (`ray get-auth-token`).
+# `make ray-up` Ray. The dashboard binds to 127.0.0.1; Ray's own ports listen on every interface
+# whatever --node-ip-address says, so token auth guards them (`ray get-auth-token`).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"

@@ -123,6 +123,11 @@ class LLMConfig(Strict):
     )
 
 
+def model_ids(tiers: list[LLMConfig]) -> list[str]:
+    """The chat model ids clients may name, in tier order, each once (tiers may share a model)."""
+    return list(dict.fromkeys(t.model_id for t in tiers))
+
+
 class EmbedderConfig(Strict):
     name: str = "embedder"
     model_id: str = "all-minilm-l6-v2"

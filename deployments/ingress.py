@@ -26,7 +26,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments.config import EmbedderConfig, IngressConfig, LLMConfig
+from deployments.config import EmbedderConfig, IngressConfig, LLMConfig, model_ids
 from deployments.metrics import RequestMetrics
 from deployments.protocol import (
     APIError,
@@ -145,7 +145,7 @@ class Ingress:
         self.tier_names = [t.name for t in tiers]
         # Fixed by the config, so known here: asking the router per request (or once, lazily)
         # would put a call outside the request's error handling (a burst showed it).
-        self.model_ids = list(dict.fromkeys(t.model_id for t in tiers))
+        self.model_ids = model_ids(tiers)
         self.router_name = router_name
         self.router = router
         self.embedder = embedder

@@ -27,7 +27,7 @@ from ray.serve.exceptions import (
 from ray.serve.handle import DeploymentHandle
 
 from deployments import metrics, quality
-from deployments.config import LLMConfig, QualityConfig, RouterConfig
+from deployments.config import LLMConfig, QualityConfig, RouterConfig, model_ids
 from deployments.protocol import (
     APIError,
     ChatCompletionRequest,
@@ -249,14 +249,11 @@ class QualityRouter:
         """The last probe of each tier and of the embedder, for /health (no call downstream)."""
         return self.availability.state
 
-    def model_ids(self) -> list[str]:
-        return list(dict.fromkeys(t.model_id for t in self.tiers))
-
     def _entry_tier(self, model: str) -> int:
         for i, tier in enumerate(self.tiers):
             if model == tier.model_id:
                 return i
-        raise ModelNotFound.named(model, self.model_ids())
+        raise ModelNotFound.named(model, model_ids(self.tiers))
 
     def _quality_config(self, request) -> tuple[QualityConfig, int, str]:
         """The gate for this request: config defaults with the client's override on top."""

@@ -6,7 +6,7 @@ Run by `make test-cluster` (also the last step of `make test`): it needs the hos
 """
 
 import asyncio
-import copy
+import functools
 import os
 import subprocess
 import tempfile
@@ -78,6 +78,7 @@ def serve_state() -> dict:
     return r.json()["applications"].get(APP, {})
 
 
+@functools.cache
 def auth_token() -> str:
     return subprocess.run([f"{ROOT}/.venv/bin/ray", "get-auth-token"], capture_output=True,
                           text=True, env={**os.environ, "RAY_AUTH_MODE": "token"}).stdout.strip()

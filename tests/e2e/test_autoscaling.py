@@ -116,7 +116,6 @@ def test_llm_scales_up_under_load_and_down_while_streams_finish(base_url):
     wait_until(lambda: llm_replicas() == 1, 300, "the first LLM replica")
     try:
         codes: list[int] = []
-        started = time.monotonic()
 
         async def scenario():
             up = await run_until(lambda stop: chat_load(stop, 12, codes),
