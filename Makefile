@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup ray-up serve deploy stop test test-unit test-e2e test-cluster bench clean
+.PHONY: setup ray-up serve deploy stop test test-unit test-e2e test-cluster bench calibrate clean
 
 setup: $(STAMP) $(MODELS_STAMP)
 
@@ -70,6 +70,12 @@ test-cluster: setup
 
 bench: setup
 	$(PY) -m benchmarks
+
+# The gate's calibration from the served model's own answers: ask the running graph (`make serve`
+# in another shell) every checkable question, then refit deployments/quality_calibration.json.
+calibrate: setup
+	$(PY) -m benchmarks.calibrate collect
+	$(PY) -m benchmarks.calibrate fit
 
 clean:
 	rm -rf $(VENV)

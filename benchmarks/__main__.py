@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
-from benchmarks import load, report
+from benchmarks import load, quality_gate, report
 from benchmarks.load import PROMPTS, SENTENCES, Sample
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -145,7 +145,7 @@ def main() -> None:
     model = fast_tier().model_id
     embed_model = graph_args()["embedder"]["model_id"]
     steps = {"embed": 2, "engine": len(chat_levels), "vllm": len(chat_levels),
-             "graph": 2 * len(chat_levels) + len(embed_levels)}
+             "graph": 2 * len(chat_levels) + len(embed_levels) + len(quality_gate.POLICIES)}
     bar = tqdm(total=sum(steps[k] for k in args.only), desc="benchmarks", unit="scenario")
     results: dict = {"machine": {"cpu": platform.processor() or platform.machine(),
                                  "cores": os.cpu_count(), "python": platform.python_version()},
@@ -199,6 +199,12 @@ def main() -> None:
         results["embeddings"]["graph_http"] = asyncio.run(
             embed_over_http(running.base, embed_model, embed_levels, args.quick, bar))
         results["scoring"] = scoring_overhead(results["chat"]["graph_gate_on"])
+        bar.set_postfix_str("quality gate on checkable questions")
+        gate = asyncio.run(quality_gate.run(
+            running.base, quality_gate.pick_questions(16 if args.quick else 120), bar=bar))
+        results["quality_gate"] = gate
+        (args.out / "quality_gate.md").write_text(quality_gate.markdown(gate))
+        quality_gate.plot(gate, args.out / "quality_gate.png")
 
     peers = {"embed": embed, "engine": engine,
              "vllm": lambda: server(VLLMServer, 18200, vllm_scenarios),

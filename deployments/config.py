@@ -117,6 +117,10 @@ class LLMConfig(Strict):
     stall_timeout_s: float = Field(
         60.0, gt=0, description="health fails when requests wait this long with no token produced"
     )
+    consensus_samples: int = Field(
+        0, ge=0, le=16, description="k > 0: this tier draws k samples with each answer and answers "
+        "with the one they agree with most (self-consistency)",
+    )
     sampling: SamplingDefaults = Field(default_factory=SamplingDefaults)
     deployment: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(max_ongoing_requests=64, max_queued_requests=128)
@@ -146,32 +150,28 @@ class EmbedderConfig(Strict):
     )
 
 
-class QualityWeights(Strict):
-    relevance: float = Field(0.35, ge=0)
-    confidence: float = Field(0.15, ge=0)
-    repetition: float = Field(0.25, ge=0)
-    completeness: float = Field(0.25, ge=0)
-
-    @model_validator(mode="after")
-    def _some_weight(self) -> QualityWeights:
-        if self.relevance + self.confidence + self.repetition + self.completeness <= 0:
-            raise ValueError("at least one quality weight must be positive")
-        return self
-
-
 class QualityConfig(Strict):
     """How an answer is scored; see deployments/quality.py and the README."""
 
     enabled: bool = True
-    threshold: float = Field(0.8, ge=0, le=1)
-    weights: QualityWeights = Field(default_factory=QualityWeights)
-    relevance_floor: float = Field(
-        0.05, description="cosine at or below which relevance scores 0"
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="None: the calibration's threshold (its stated operating point)"
     )
-    relevance_ceiling: float = Field(
-        0.45, description="cosine at or above which relevance scores 1"
+    calibration_file: str | None = Field(
+        None, description="fitted model (make calibrate); None: deployments/quality_calibration.json"
+    )
+    samples: int = Field(
+        4, ge=0, le=16, description="consistency samples drawn with each answer; 0: no consistency"
+    )
+    sample_temperature: float = Field(0.8, gt=0, le=2)
+    signal_top_k: int = Field(5, ge=0, le=20, description="candidates per token for the entropy")
+    cross_tier: bool = Field(
+        False, description="score each answer's likelihood under the next tier (one prefill there)"
     )
     repetition_ngram: int = Field(3, ge=1)
+    repetition_floor: float = Field(
+        0.5, ge=0, le=1, description="an answer whose repetition is below this scores 0 (a loop)"
+    )
 
 
 class RouterConfig(Strict):

@@ -251,18 +251,18 @@ class Ingress:
             raise ModelNotFound.named(body.model, self.model_ids)
         # Serve's proxy sets x-request-id (the client's, or a new one) and tags its logs with it.
         rid = request.headers.get("x-request-id") or new_id("chatcmpl" if chat else "cmpl")
-        want_logprobs = bool(body.logprobs) if chat else body.logprobs is not None
+        top = body.top_logprobs_asked()
         if body.stream:
-            return await self._stream(rid, body, chat, want_logprobs)
+            return await self._stream(rid, body, chat, top)
         result, report = await self._bounded(self.router.complete.remote(body, rid))
         make = chat_response if chat else completion_response
         # Serve's proxy puts x-request-id on every response; adding it here would duplicate it.
         headers = {"x-served-by": f"{result.tier}/{result.model_id}"}
         if report is not None:
             headers["x-quality-score"] = f"{report['score']:.4f}"
-        return JSONResponse(make(rid, result, want_logprobs, report), headers=headers)
+        return JSONResponse(make(rid, result, top, report), headers=headers)
 
-    async def _stream(self, rid: str, body, chat: bool, want_logprobs: bool) -> StreamingResponse:
+    async def _stream(self, rid: str, body, chat: bool, top: int | None) -> StreamingResponse:
         events = self.router.options(stream=True).stream.remote(body, rid)
         # Wait for the first event before answering, so a failure is still a proper HTTP error.
         try:
@@ -279,10 +279,11 @@ class Ingress:
                 if delta_text is not None:
                     delta["content"] = delta_text
                 choice = {"index": 0, "delta": delta, "finish_reason": finish,
-                          "logprobs": chat_logprobs(logprobs) if want_logprobs and logprobs else None}
+                          "logprobs": chat_logprobs(logprobs, top) if top is not None and logprobs else None}
             else:
                 choice = {"index": 0, "text": delta_text or "", "finish_reason": finish,
-                          "logprobs": completion_logprobs(logprobs) if want_logprobs and logprobs else None}
+                          "logprobs": (completion_logprobs(logprobs, top)
+                                       if top is not None and logprobs else None)}
             out = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
                    "created": created, "model": model, "choices": [choice]}
             return {**out, **(extra or {})}
@@ -341,5 +342,7 @@ class Ingress:
     async def quality_score(self, request: Request) -> JSONResponse:
         self._authorize(request)
         body = await read_json(request, QualityScoreRequest, self.config.max_body_bytes)
-        reports = await self._bounded(self.router.score_pairs.remote(body.pairs, body.threshold))
+        if body.model is not None and body.model not in self.model_ids:
+            raise ModelNotFound.named(body.model, self.model_ids)
+        reports = await self._bounded(self.router.score_pairs.remote(body))
         return JSONResponse({"object": "list", "data": reports})

@@ -8,6 +8,7 @@ the quality gate needs them; the router strips them for clients that did not ask
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -20,9 +21,11 @@ from deployments.config import LLMConfig
 from deployments.models import llm_folder
 from deployments.protocol import (
     BadRequest,
+    Candidate,
     GenerationDelta,
     GenerationRequest,
     GenerationResult,
+    LikelihoodRequest,
     Sampling,
     ServiceUnavailable,
     TokenLogprob,
@@ -122,7 +125,7 @@ class LLMDeployment:
         # The first request through a fresh engine pays its lazy setup (~10 s here): pay it now,
         # before Serve marks the replica ready.
         warmup = GenerationRequest(request_id=f"warmup-{os.getpid()}", prompt="Hello",
-                                   sampling=Sampling(max_tokens=2, temperature=0))
+                                   sampling=Sampling(max_tokens=2, temperature=0), samples=2)
         await self.generate(warmup)
         self.load_seconds = time.monotonic() - started
         self.started_at = time.time()
@@ -157,45 +160,111 @@ class LLMDeployment:
     # -- requests ---------------------------------------------------------------------------
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
-        from vllm.exceptions import VLLMClientError
-        from vllm.inputs import TokensPrompt
-        from vllm.v1.engine.exceptions import EngineDeadError
-
+        """Token deltas of one choice; the last one carries the consistency samples, drawn in the
+        same engine meanwhile (cancelling the stream aborts both)."""
         prompt_ids = self._prompt_ids(request)
-        params = self._sampling_params(request.sampling, len(prompt_ids))
-        produced = 0
+        params = self._sampling_params(request.sampling, len(prompt_ids), request.signal_top_k)
+        samples = self._start_samples(request, prompt_ids)
+        produced, held = 0, None
         try:
-            async for out in self.engine.generate(
-                TokensPrompt(prompt_token_ids=prompt_ids), params, request.request_id
-            ):
-                self._last_progress = time.monotonic()
+            async for out in self._engine_outputs(prompt_ids, params, request.request_id):
                 choice = out.outputs[0]
                 produced += len(choice.token_ids)
-                yield GenerationDelta(
+                if held is not None:
+                    yield held
+                held = GenerationDelta(
                     text=choice.text,
-                    logprobs=self._logprobs(choice, request.sampling.top_logprobs or 0),
+                    logprobs=self._logprobs(choice, params.logprobs),
                     finish_reason=choice.finish_reason if out.finished else None,
                     prompt_tokens=len(prompt_ids),
                     completion_tokens=produced,
                 )
+            if held is not None:
+                if samples is not None:
+                    held.samples = await samples
+                yield held
+        finally:
+            if samples is not None and not samples.done():
+                samples.cancel()
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        """The client's `n` choices and the consistency samples, all in the engine at once."""
+        prompt_ids = self._prompt_ids(request)
+        params = self._sampling_params(request.sampling, len(prompt_ids), request.signal_top_k)
+        samples = self._start_samples(request, prompt_ids)
+        try:
+            choices = await self._candidates(prompt_ids, params, request.request_id)
+            return GenerationResult(
+                choices=choices, samples=await samples if samples is not None else [],
+                prompt_tokens=len(prompt_ids), model_id=self.config.model_id,
+                tier=self.config.name)
+        finally:
+            if samples is not None and not samples.done():
+                samples.cancel()
+
+    async def likelihood(self, request: LikelihoodRequest) -> list[TokenLogprob]:
+        """Logprobs this model gives each token of a given answer after the prompt (vLLM's
+        prompt_logprobs over prompt + answer; one prefill, one token generated and dropped)."""
+        from vllm import SamplingParams
+
+        prompt_ids = self._prompt_ids(request)
+        answer_ids = self.tokenizer.encode(request.answer, add_special_tokens=False)
+        if not answer_ids:
+            return []
+        ids = prompt_ids + answer_ids
+        if len(ids) >= self.config.max_model_len:
+            raise BadRequest(f"prompt and answer have {len(ids)} tokens; this model's context is "
+                             f"{self.config.max_model_len}", code="context_length_exceeded")
+        params = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=request.top_k)
+        final = None
+        async for out in self._engine_outputs(ids, params, request.request_id):
+            final = out
+        out = []
+        for token_id, candidates in zip(answer_ids, final.prompt_logprobs[len(prompt_ids):]):
+            out.append(self._token_logprob(token_id, candidates or {}, request.top_k))
+        return out
+
+    def _start_samples(self, request: GenerationRequest, prompt_ids: list[int]):
+        """The consistency samples as a task running beside the client's choice, or None."""
+        if request.samples <= 0:
+            return None
+        sampling = request.sampling.model_copy(update={
+            "n": request.samples, "temperature": request.sample_temperature, "seed": None})
+        params = self._sampling_params(sampling, len(prompt_ids), request.signal_top_k)
+        return asyncio.ensure_future(
+            self._candidates(prompt_ids, params, f"{request.request_id}-samples"))
+
+    async def _candidates(self, prompt_ids: list[int], params, request_id: str) -> list[Candidate]:
+        """Every sequence of one engine request (n of them), accumulated from its deltas."""
+        out = [Candidate() for _ in range(params.n)]
+        async for step in self._engine_outputs(prompt_ids, params, request_id):
+            for seq in step.outputs:
+                c = out[seq.index]
+                c.text += seq.text
+                c.logprobs.extend(self._logprobs(seq, params.logprobs))
+                c.completion_tokens += len(seq.token_ids)
+                c.finish_reason = seq.finish_reason or c.finish_reason
+        return out
+
+    async def _engine_outputs(self, prompt_ids: list[int], params, request_id: str):
+        """vLLM's outputs for one request, with its failures as our API errors; each output is
+        progress for the stall check."""
+        from vllm.exceptions import VLLMClientError
+        from vllm.inputs import TokensPrompt
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        try:
+            async for out in self.engine.generate(
+                TokensPrompt(prompt_token_ids=prompt_ids), params, request_id
+            ):
+                self._last_progress = time.monotonic()
+                yield out
         except EngineDeadError as e:
             raise ServiceUnavailable(f"LLM tier {self.config.name!r}: engine is dead") from e
         except VLLMClientError as e:
             raise BadRequest(str(e)) from e
 
-    async def generate(self, request: GenerationRequest) -> GenerationResult:
-        text, logprobs, last = [], [], GenerationDelta()
-        async for delta in self.stream(request):
-            text.append(delta.text)
-            logprobs.extend(delta.logprobs)
-            last = delta
-        return GenerationResult(
-            text="".join(text), logprobs=logprobs, finish_reason=last.finish_reason,
-            prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens,
-            model_id=self.config.model_id, tier=self.config.name,
-        )
-
-    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
+    def _prompt_ids(self, request: GenerationRequest | LikelihoodRequest) -> list[int]:
         if request.messages is not None:
             try:
                 encoded = self.tokenizer.apply_chat_template(
@@ -207,12 +276,13 @@ class LLMDeployment:
             return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
         return self.tokenizer.encode(request.prompt or "")
 
-    def _sampling_params(self, sampling: Sampling, prompt_tokens: int):
+    def _sampling_params(self, sampling: Sampling, prompt_tokens: int, signal_top_k: int = 0):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         defaults = self.config.sampling
         return SamplingParams(
+            n=sampling.n,
             max_tokens=resolve_max_tokens(sampling, self.config, prompt_tokens),
             temperature=defaults.temperature if sampling.temperature is None else sampling.temperature,
             top_p=defaults.top_p if sampling.top_p is None else sampling.top_p,
@@ -222,25 +292,27 @@ class LLMDeployment:
             frequency_penalty=sampling.frequency_penalty,
             repetition_penalty=(defaults.repetition_penalty if sampling.repetition_penalty is None
                                 else sampling.repetition_penalty),
-            logprobs=sampling.top_logprobs or 0,  # 0: the sampled token's logprob only
+            # 0: the sampled token's logprob only; the gate may want more candidates than the client
+            logprobs=max(sampling.top_logprobs or 0, signal_top_k),
             output_kind=RequestOutputKind.DELTA,
         )
 
     def _logprobs(self, choice, top: int) -> list[TokenLogprob]:
         if not choice.logprobs:
             return []
-        out = []
-        for token_id, candidates in zip(choice.token_ids, choice.logprobs):
-            sampled = candidates.get(token_id)
-            if sampled is None:
-                continue
-            ranked = sorted(candidates.values(), key=lambda lp: lp.rank or 0)[:top] if top else []
-            out.append(TokenLogprob(
-                token=sampled.decoded_token or "",
-                logprob=max(sampled.logprob, -9999.0),
-                top=[(lp.decoded_token or "", max(lp.logprob, -9999.0)) for lp in ranked],
-            ))
-        return out
+        return [self._token_logprob(token_id, candidates, top)
+                for token_id, candidates in zip(choice.token_ids, choice.logprobs)
+                if token_id in candidates]
+
+    def _token_logprob(self, token_id: int, candidates: dict, top: int) -> TokenLogprob:
+        """vLLM's candidates of one position as ours: the given token's logprob, the top `top`."""
+        given = candidates.get(token_id)
+        ranked = sorted(candidates.values(), key=lambda lp: lp.rank or 0)[:top] if top else []
+        return TokenLogprob(
+            token=(given.decoded_token if given else None) or self.tokenizer.decode([token_id]),
+            logprob=max(given.logprob, -9999.0) if given else -9999.0,
+            top=[(lp.decoded_token or "", max(lp.logprob, -9999.0)) for lp in ranked],
+        )
 
     # -- health and introspection -----------------------------------------------------------
 

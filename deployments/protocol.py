@@ -103,6 +103,8 @@ class QualityOverride(Lenient):
     threshold: float | None = Field(None, ge=0, le=1)
     max_attempts: int | None = Field(None, ge=1, le=8, description="attempts over all tiers")
     gate_mode: Literal["report", "buffered"] | None = None
+    tier: str | None = Field(None, description="start at this tier (by name), not the model's first")
+    samples: int | None = Field(None, ge=0, le=16, description="consistency samples per answer")
 
 
 class StreamOptions(Lenient):
@@ -116,7 +118,7 @@ class SamplingFields(Lenient):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    n: int = Field(1, ge=1, le=1, description="one choice per request")
+    n: int = Field(1, ge=1, le=16, description="choices per request (not streamed when > 1)")
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
@@ -124,6 +126,12 @@ class SamplingFields(Lenient):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     quality: QualityOverride | None = None
+
+    @model_validator(mode="after")
+    def _n_not_streamed(self):
+        if self.n > 1 and self.stream:
+            raise ValueError("n > 1 is served without streaming; set stream to false")
+        return self
 
     @field_validator("stop")
     @classmethod
@@ -170,6 +178,10 @@ class ChatCompletionRequest(SamplingFields):
     def chat(self) -> list[dict[str, str]]:
         return [{"role": m.role, "content": m.text()} for m in self.messages]
 
+    def top_logprobs_asked(self) -> int | None:
+        """Candidates per token the client wants back; None: no logprobs at all."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str]
@@ -186,6 +198,9 @@ class CompletionRequest(SamplingFields):
         if not v:
             raise ValueError("prompt must not be empty")
         return v
+
+    def top_logprobs_asked(self) -> int | None:
+        return self.logprobs
 
     @field_validator("echo")
     @classmethod
@@ -222,10 +237,23 @@ class ScorePair(Lenient):
 
 
 class QualityScoreRequest(Lenient):
-    """`POST /v1/quality/score`: score given answers without generating."""
+    """`POST /v1/quality/score`: score given answers without generating them.
+
+    With `model`, the answer's likelihood under that tier's model (one prefill, no generation)
+    gives the token signals; with `samples` too, that tier draws k answers to the prompt and the
+    given answer's agreement with them is measured. Without `model`, only text signals.
+    """
 
     pairs: list[ScorePair] = Field(min_length=1, max_length=256)
     threshold: float | None = Field(None, ge=0, le=1)
+    model: str | None = Field(None, description="a tier's model id: score under that model")
+    samples: int = Field(0, ge=0, le=16, description="consistency samples per pair (needs model)")
+
+    @model_validator(mode="after")
+    def _samples_need_model(self):
+        if self.samples and self.model is None:
+            raise ValueError("samples needs a model to draw them from")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,6 +264,7 @@ class QualityScoreRequest(Lenient):
 class Sampling(BaseModel):
     """Sampling for one attempt (vLLM SamplingParams fields); None: the tier's default."""
 
+    n: int = 1
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -248,12 +277,30 @@ class Sampling(BaseModel):
 
 
 class GenerationRequest(BaseModel):
-    """What the router asks an LLM tier for: chat messages or a raw prompt, plus sampling."""
+    """What the router asks an LLM tier for: chat messages or a raw prompt, plus sampling.
+
+    `samples` extra answers are drawn at `sample_temperature` in the same engine, alongside the
+    client's (vLLM parallel sampling, one request sharing the prompt's KV cache): the gate's
+    consistency signal. `signal_top_k` candidates per token are kept for the entropy signal.
+    """
 
     request_id: str
     messages: list[dict[str, str]] | None = None
     prompt: str | None = None
     sampling: Sampling
+    samples: int = 0
+    sample_temperature: float = 0.8
+    signal_top_k: int = 0
+
+
+class LikelihoodRequest(BaseModel):
+    """How likely a tier's model finds a given answer to a prompt: one prefill, no generation."""
+
+    request_id: str
+    messages: list[dict[str, str]] | None = None
+    prompt: str | None = None
+    answer: str
+    top_k: int = 0
 
 
 class TokenLogprob(BaseModel):
@@ -262,24 +309,57 @@ class TokenLogprob(BaseModel):
     top: list[tuple[str, float]] = Field(default_factory=list)
 
 
+class Candidate(BaseModel):
+    """One generated answer: a client's choice or a consistency sample."""
+
+    text: str = ""
+    logprobs: list[TokenLogprob] = Field(default_factory=list)
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+
+
 class GenerationDelta(BaseModel):
-    """One streamed step of a generation: new text and the logprobs of its tokens."""
+    """One streamed step of a generation: new text and the logprobs of its tokens. The last
+    delta carries the consistency samples, if any were asked for."""
 
     text: str = ""
     logprobs: list[TokenLogprob] = Field(default_factory=list)
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    samples: list[Candidate] = Field(default_factory=list)
 
 
 class GenerationResult(BaseModel):
-    text: str
-    logprobs: list[TokenLogprob]
-    finish_reason: str | None
+    """A tier's whole answer: the client's `n` choices, plus samples the client never sees."""
+
+    choices: list[Candidate] = Field(min_length=1)
+    samples: list[Candidate] = Field(default_factory=list)
     prompt_tokens: int
-    completion_tokens: int
     model_id: str
     tier: str
+
+    @property
+    def text(self) -> str:
+        return self.choices[0].text
+
+    @property
+    def logprobs(self) -> list[TokenLogprob]:
+        return self.choices[0].logprobs
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.choices[0].finish_reason
+
+    @property
+    def completion_tokens(self) -> int:
+        """Tokens billed to the client: its choices, not the gate's samples."""
+        return sum(c.completion_tokens for c in self.choices)
+
+    @property
+    def tokens_generated(self) -> int:
+        """Every token the engine produced for this attempt, samples included."""
+        return self.completion_tokens + sum(s.completion_tokens for s in self.samples)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,7 +379,8 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def chat_logprobs(tokens: list[TokenLogprob]) -> dict:
+def chat_logprobs(tokens: list[TokenLogprob], top: int) -> dict:
+    """The client's view: the gate may have asked the engine for more candidates than `top`."""
     return {
         "content": [
             {
@@ -307,7 +388,7 @@ def chat_logprobs(tokens: list[TokenLogprob]) -> dict:
                 "logprob": t.logprob,
                 "bytes": list(t.token.encode()),
                 "top_logprobs": [
-                    {"token": s, "logprob": lp, "bytes": list(s.encode())} for s, lp in t.top
+                    {"token": s, "logprob": lp, "bytes": list(s.encode())} for s, lp in t.top[:top]
                 ],
             }
             for t in tokens
@@ -315,28 +396,29 @@ def chat_logprobs(tokens: list[TokenLogprob]) -> dict:
     }
 
 
-def completion_logprobs(tokens: list[TokenLogprob]) -> dict:
+def completion_logprobs(tokens: list[TokenLogprob], top: int) -> dict:
     return {
         "tokens": [t.token for t in tokens],
         "token_logprobs": [t.logprob for t in tokens],
-        "top_logprobs": [dict(t.top) for t in tokens],
+        "top_logprobs": [dict(t.top[:top]) for t in tokens],
         "text_offset": [],
     }
 
 
-def chat_response(rid: str, result: GenerationResult, want_logprobs: bool,
+def chat_response(rid: str, result: GenerationResult, top: int | None,
                   quality: dict | None) -> dict:
+    """`top`: candidates per token the client asked for; None: no logprobs at all."""
     body = {
         "id": rid,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": result.model_id,
         "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": result.text},
-            "logprobs": chat_logprobs(result.logprobs) if want_logprobs else None,
-            "finish_reason": result.finish_reason,
-        }],
+            "index": i,
+            "message": {"role": "assistant", "content": c.text},
+            "logprobs": chat_logprobs(c.logprobs, top) if top is not None else None,
+            "finish_reason": c.finish_reason,
+        } for i, c in enumerate(result.choices)],
         "usage": usage(result.prompt_tokens, result.completion_tokens),
     }
     if quality is not None:
@@ -344,7 +426,7 @@ def chat_response(rid: str, result: GenerationResult, want_logprobs: bool,
     return body
 
 
-def completion_response(rid: str, result: GenerationResult, want_logprobs: bool,
+def completion_response(rid: str, result: GenerationResult, top: int | None,
                         quality: dict | None) -> dict:
     body = {
         "id": rid,
@@ -352,11 +434,11 @@ def completion_response(rid: str, result: GenerationResult, want_logprobs: bool,
         "created": int(time.time()),
         "model": result.model_id,
         "choices": [{
-            "index": 0,
-            "text": result.text,
-            "logprobs": completion_logprobs(result.logprobs) if want_logprobs else None,
-            "finish_reason": result.finish_reason,
-        }],
+            "index": i,
+            "text": c.text,
+            "logprobs": completion_logprobs(c.logprobs, top) if top is not None else None,
+            "finish_reason": c.finish_reason,
+        } for i, c in enumerate(result.choices)],
         "usage": usage(result.prompt_tokens, result.completion_tokens),
     }
     if quality is not None:

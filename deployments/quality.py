@@ -1,27 +1,42 @@
-"""Answer quality as pure functions of plain data (no Ray, no models): fast to test, easy to tune.
+"""Answer quality as pure functions of plain data (no Ray, no models): fast to test, easy to refit.
 
-Each component is a number in [0, 1] where 1 is good:
-- relevance: cosine of prompt and answer embeddings, ramped between a floor and a ceiling, because
-  MiniLM cosines of a question and its right answer sit around 0.4-0.8 and unrelated text near 0;
-- confidence: the geometric-mean probability the engine gave its own tokens;
-- repetition: 1 minus the share of repeated word n-grams and repeated lines (degenerate loops);
-- completeness: empty answers score 0, answers cut by the token limit or mid-sentence score less.
-The score is their weighted mean over the components that could be computed; a component that could
-not (embedder down, no logprobs) is listed in `degraded` and its weight is spread over the rest.
+Every signal is generic (no answer keys, no fact tables) and computed from what the engine and the
+embedder return for one answer:
+- token uncertainty: mean, minimum and 10th-percentile token logprob; mean entropy over the top-k
+  candidates vLLM returns per token;
+- self-consistency: k extra samples of the same prompt drawn in the same engine request; their mean
+  cosine to the answer (MiniLM), the share whose normalised answer equals the answer's
+  (`agreement`), and the overlap of their new content words (`overlap`);
+- cross-tier likelihood: the mean logprob of the answer under the next tier's model (a prefill);
+- relevance: the raw cosine of prompt and answer (not ramped, so it does not saturate);
+- repetition and completeness: degenerate loops, empty and truncated answers.
+
+The score is a calibrated probability that the answer is right: a logistic regression over the
+standardised signals, fitted offline by `make calibrate` on the served model's own answers to
+checkable questions (benchmarks/calibrate.py) and loaded from `quality_calibration.json`. A signal
+that could not be computed (embedder down, no samples) is listed in `degraded` and takes its mean
+on the fit split, i.e. it neither raises nor lowers the score.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-from deployments.config import QualityConfig
-
-COMPONENTS = ("relevance", "confidence", "repetition", "completeness")
+CALIBRATION_FILE = Path(__file__).with_name("quality_calibration.json")
 _WORD = re.compile(r"\w+", re.UNICODE)
 _SENTENCE_END = re.compile(r"""[.!?…:;)\]"'`*>\u3002\uff01\uff1f]\s*$|```\s*$|\d\s*$""")
+# Function words that never carry an answer: "The capital is Canberra" and "Canberra" agree.
+_STOPWORDS = frozenset("""a an the is are was were be been being am of in on at to for from by with
+and or but not no it its this that these those there here as so than then s t which who whom whose
+what when where why how do does did has have had i you he she we they me him her us them my your his
+our their will would can could should may might must shall also just very about into over after
+before called known answer correct yes""".split())
 
 
 @dataclass
@@ -34,7 +49,7 @@ class QualityReport:
     attempts: int = 1
     tier: str | None = None
     model: str | None = None
-    timing: dict[str, float] | None = None  # generation_ms / scoring_ms, set by the router
+    timing: dict[str, float] | None = None  # generation_ms / scoring_ms / tokens, set by the router
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -45,24 +60,92 @@ class QualityReport:
         return d
 
 
-def cosine(a: list[float], b: list[float]) -> float:
+# ---------------------------------------------------------------------------------------------
+# Signals
+# ---------------------------------------------------------------------------------------------
+
+
+def cosine(a: Sequence[float], b: Sequence[float]) -> float:
     dot = sum(x * y for x, y in zip(a, b))
     na = math.sqrt(sum(x * x for x in a))
     nb = math.sqrt(sum(y * y for y in b))
     return 0.0 if na == 0 or nb == 0 else dot / (na * nb)
 
 
-def relevance(prompt_vec: list[float], answer_vec: list[float], floor: float, ceiling: float) -> float:
-    cos = cosine(prompt_vec, answer_vec)
-    return _clip((cos - floor) / max(ceiling - floor, 1e-6))
-
-
-def confidence(token_logprobs: list[float]) -> float:
-    """Geometric-mean token probability; an empty answer has no evidence of confidence."""
-    finite = [lp for lp in token_logprobs if math.isfinite(lp)]
+def token_signals(logprobs: Sequence[float], tops: Sequence[Sequence[float]] = ()) -> dict[str, float]:
+    """Uncertainty of the engine about its own tokens. `tops`: the top-k candidates' logprobs per
+    token (renormalised over the k for the entropy); empty when none were returned."""
+    finite = sorted(lp for lp in logprobs if math.isfinite(lp))
     if not finite:
-        return 0.0
-    return _clip(math.exp(sum(finite) / len(finite)))
+        return {}
+    out = {
+        "mean_logprob": sum(finite) / len(finite),
+        "min_logprob": finite[0],
+        "p10_logprob": finite[int(0.1 * (len(finite) - 1))],
+    }
+    entropies = [_entropy(t) for t in tops if t]
+    if entropies:
+        out["mean_entropy"] = sum(entropies) / len(entropies)
+    return out
+
+
+def _entropy(logprobs: Sequence[float]) -> float:
+    probs = [math.exp(lp) for lp in logprobs if math.isfinite(lp)]
+    total = sum(probs)
+    return -sum(p / total * math.log(p / total) for p in probs if p > 0) if total > 0 else 0.0
+
+
+def content_words(text: str, prompt: str) -> list[str]:
+    """The answer's words that are not in the prompt and carry content, in order (case kept)."""
+    asked = {w.lower() for w in _WORD.findall(prompt)}
+    return [w for w in _WORD.findall(text.replace(",", ""))
+            if w.lower() not in asked and w.lower() not in _STOPWORDS]
+
+
+def normalised_answer(text: str, prompt: str) -> str:
+    """What a short answer asserts: its last new number ("15 + 27 = 42" -> 42), else its first
+    new name ("The capital city is Canberra." -> canberra), else its first new content word."""
+    words = content_words(text, prompt)
+    numbers = [w for w in words if w.isdigit()]
+    if numbers:
+        return numbers[-1]
+    names = [w for w in words if w[0].isupper()]
+    return (names or words or [""])[0].lower()
+
+
+def consistency_signals(answer: str, samples: Sequence[str], prompt: str,
+                        answer_vec: Sequence[float] | None = None,
+                        sample_vecs: Sequence[Sequence[float]] | None = None) -> dict[str, float]:
+    """How much k independent samples agree with the answer (none: no signal)."""
+    if not samples:
+        return {}
+    key = normalised_answer(answer, prompt)
+    words = {w.lower() for w in content_words(answer, prompt)}
+    agree, overlap = 0, 0.0
+    for s in samples:
+        agree += bool(key) and normalised_answer(s, prompt) == key
+        other = {w.lower() for w in content_words(s, prompt)}
+        overlap += len(words & other) / len(words | other) if words | other else 1.0
+    out = {"agreement": agree / len(samples), "overlap": overlap / len(samples)}
+    if answer_vec is not None and sample_vecs:
+        out["consistency"] = sum(cosine(answer_vec, v) for v in sample_vecs) / len(sample_vecs)
+    return out
+
+
+def consensus(texts: Sequence[str], prompt: str,
+              vectors: Sequence[Sequence[float]] | None = None) -> int:
+    """Index of the candidate the others agree with most (self-consistency): most shared
+    normalised answer first, then the highest mean cosine to the others; ties go to the first."""
+    keys = [normalised_answer(t, prompt) for t in texts]
+    votes = Counter(k for k in keys if k)
+
+    def support(i: int) -> tuple[int, float, int]:
+        cos = 0.0
+        if vectors is not None and len(texts) > 1:
+            cos = sum(cosine(vectors[i], v) for j, v in enumerate(vectors) if j != i) / (len(texts) - 1)
+        return votes.get(keys[i], 0), cos, -i
+
+    return max(range(len(texts)), key=support)
 
 
 def repetition(text: str, n: int = 3) -> float:
@@ -96,46 +179,92 @@ def completeness(text: str, finish_reason: str | None) -> float:
     return _clip(score)
 
 
-def score_answer(
-    *,
-    answer: str,
-    finish_reason: str | None,
-    config: QualityConfig,
-    prompt_vec: list[float] | None = None,
-    answer_vec: list[float] | None = None,
-    token_logprobs: list[float] | None = None,
-    threshold: float | None = None,
-) -> QualityReport:
-    """Score one answer. Missing inputs (None) make that component degraded, not zero."""
-    components: dict[str, float] = {
-        "repetition": repetition(answer, config.repetition_ngram),
-        "completeness": completeness(answer, finish_reason),
-    }
-    degraded = []
-    if prompt_vec is not None and answer_vec is not None:
-        components["relevance"] = relevance(
-            prompt_vec, answer_vec, config.relevance_floor, config.relevance_ceiling
-        )
-    else:
-        degraded.append("relevance")
-    if token_logprobs is not None:
-        components["confidence"] = confidence(token_logprobs)
-    else:
-        degraded.append("confidence")
-    weights = config.weights.model_dump()
-    total = sum(weights[k] for k in components)
-    score = sum(weights[k] * v for k, v in components.items()) / total if total > 0 else 0.0
-    # An answer with no words cannot be good, whatever the other components say.
-    if components["completeness"] == 0.0:
+@dataclass
+class Evidence:
+    """Everything the signals are computed from, as plain data."""
+
+    prompt: str
+    answer: str
+    finish_reason: str | None
+    logprobs: Sequence[float] | None = None  # None: no engine logprobs (a given answer)
+    tops: Sequence[Sequence[float]] = ()
+    samples: Sequence[str] | None = None  # None: no samples were drawn
+    prompt_vec: Sequence[float] | None = None
+    answer_vec: Sequence[float] | None = None
+    sample_vecs: Sequence[Sequence[float]] | None = None
+    cross_tier_logprobs: Sequence[float] | None = None
+
+
+def signals(e: Evidence, repetition_ngram: int = 3) -> dict[str, float]:
+    out = {"repetition": repetition(e.answer, repetition_ngram),
+           "completeness": completeness(e.answer, e.finish_reason)}
+    if e.logprobs is not None:
+        out.update(token_signals(e.logprobs, e.tops))
+    if e.samples is not None:
+        out.update(consistency_signals(e.answer, e.samples, e.prompt, e.answer_vec, e.sample_vecs))
+    if e.prompt_vec is not None and e.answer_vec is not None:
+        out["relevance"] = cosine(e.prompt_vec, e.answer_vec)
+    if e.cross_tier_logprobs:
+        finite = [lp for lp in e.cross_tier_logprobs if math.isfinite(lp)]
+        if finite:
+            out["cross_tier_logprob"] = sum(finite) / len(finite)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The calibrated score
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Calibration:
+    """Logistic regression over standardised signals: P(answer is right). Fitted offline."""
+
+    features: list[str]
+    mean: list[float]
+    scale: list[float]
+    coef: list[float]
+    intercept: float
+    threshold: float
+    operating_point: str = ""
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Calibration:
+        data = json.loads(Path(path or CALIBRATION_FILE).read_text())
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def save(self, path: str | Path | None = None, **extra) -> None:
+        Path(path or CALIBRATION_FILE).write_text(json.dumps({**asdict(self), **extra}, indent=2) + "\n")
+
+    def probability(self, values: dict[str, float]) -> tuple[float, list[str]]:
+        """The probability, and the features that were missing (taken at their fit mean)."""
+        z, missing = self.intercept, []
+        for name, mu, sd, w in zip(self.features, self.mean, self.scale, self.coef):
+            if name not in values:
+                missing.append(name)
+                continue
+            z += w * (values[name] - mu) / (sd or 1.0)
+        return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0))), missing
+
+
+def score_answer(evidence: Evidence, calibration: Calibration, threshold: float | None = None,
+                 repetition_ngram: int = 3, repetition_floor: float = 0.5) -> QualityReport:
+    """Score one answer. Missing evidence makes its signals degraded, not zero."""
+    return score_signals(signals(evidence, repetition_ngram), calibration, threshold,
+                         repetition_floor)
+
+
+def score_signals(values: dict[str, float], calibration: Calibration,
+                  threshold: float | None = None, repetition_floor: float = 0.5) -> QualityReport:
+    """The calibrated score of computed signals (also how `make calibrate` scores stored ones)."""
+    score, missing = calibration.probability(values)
+    # Degenerate output cannot be right, whatever the engine's confidence says: no words, or a
+    # loop (repetition below the floor).
+    if values["completeness"] == 0.0 or values["repetition"] < repetition_floor:
         score = 0.0
-    limit = config.threshold if threshold is None else threshold
-    return QualityReport(
-        score=score,
-        passed=score >= limit,
-        threshold=limit,
-        components={k: components[k] for k in COMPONENTS if k in components},
-        degraded=degraded,
-    )
+    limit = calibration.threshold if threshold is None else threshold
+    return QualityReport(score=score, passed=score >= limit, threshold=limit,
+                         components=dict(values), degraded=missing)
 
 
 def best(reports: list[QualityReport]) -> int:

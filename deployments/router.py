@@ -30,16 +30,22 @@ from deployments import metrics, quality
 from deployments.config import LLMConfig, QualityConfig, RouterConfig, model_ids
 from deployments.protocol import (
     APIError,
+    BadRequest,
+    Candidate,
     ChatCompletionRequest,
     CompletionRequest,
     GenerationDelta,
     GenerationRequest,
     GenerationResult,
+    LikelihoodRequest,
     ModelNotFound,
     Overloaded,
+    QualityScoreRequest,
     Sampling,
     ScorePair,
     ServiceUnavailable,
+    TokenLogprob,
+    new_id,
 )
 
 log = logging.getLogger("ray.serve")
@@ -152,14 +158,16 @@ def plan_attempts(
 async def run_gated(
     plan: list[Attempt],
     generate: Callable[[Attempt], Awaitable[GenerationResult]],
-    score: Callable[[GenerationResult], Awaitable[quality.QualityReport]] | None,
+    score: Callable[[GenerationResult],
+                    Awaitable[tuple[GenerationResult, quality.QualityReport]]] | None,
     max_attempts: int | None = None,
 ) -> Outcome:
     """Runs the plan until an answer passes or `max_attempts` answers were made; returns the best.
 
     `generate` raises TierUnavailable for a tier that is down: its remaining attempts are skipped,
     and they do not count against `max_attempts` (a down entry tier still lets the next answer).
-    With `score` None the gate is off and the first answer is returned unscored.
+    With `score` None the gate is off and the first answer is returned unscored. `score` may
+    hand back another answer than it was given (a consensus tier's pick among its samples).
     """
     candidates: list[Outcome] = []
     down: set[int] = set()
@@ -175,7 +183,7 @@ async def run_gated(
             continue
         if score is None:
             return Outcome(result, None)
-        report = await score(result)
+        result, report = await score(result)
         candidates.append(Outcome(result, report))
         report.attempts = len(candidates)
         if report.passed or len(candidates) == max_attempts:
@@ -196,16 +204,23 @@ def relevance_text(request: ChatCompletionRequest | CompletionRequest) -> str:
 
 
 def sampling_of(request: ChatCompletionRequest | CompletionRequest) -> Sampling:
-    if isinstance(request, ChatCompletionRequest):
-        top = (request.top_logprobs or 0) if request.logprobs else None
-    else:
-        top = request.logprobs
     stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
     return Sampling(
-        max_tokens=request.max_tokens, temperature=request.temperature, top_p=request.top_p,
-        stop=stop, seed=request.seed, presence_penalty=request.presence_penalty or 0.0,
-        frequency_penalty=request.frequency_penalty or 0.0, top_logprobs=top,
+        n=request.n, max_tokens=request.max_tokens, temperature=request.temperature,
+        top_p=request.top_p, stop=stop, seed=request.seed,
+        presence_penalty=request.presence_penalty or 0.0,
+        frequency_penalty=request.frequency_penalty or 0.0, top_logprobs=request.top_logprobs_asked(),
     )
+
+
+def chosen_by_consensus(result: GenerationResult, index: int) -> GenerationResult:
+    """The result with candidate `index` (0: the answer, i > 0: sample i - 1) as its answer."""
+    if index == 0:
+        return result
+    pool = [result.choices[0], *result.samples]
+    return result.model_copy(update={
+        "choices": [pool[index], *result.choices[1:]],
+        "samples": [c for i, c in enumerate(pool) if i != index]})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,6 +238,7 @@ class QualityRouter:
         self.tier_handles = tier_handles
         self.embedder = embedder
         self.embedder_name = embedder_name
+        self.calibration = quality.Calibration.load(config.quality.calibration_file)
         self.downstream = {**{t.name: h for t, h in zip(tiers, tier_handles)}, embedder_name: embedder}
         self.availability = Availability(list(self.downstream))
         self._probes = [asyncio.create_task(self._watch(n, h)) for n, h in self.downstream.items()]
@@ -249,10 +265,15 @@ class QualityRouter:
         """The last probe of each tier and of the embedder, for /health (no call downstream)."""
         return self.availability.state
 
-    def _entry_tier(self, model: str) -> int:
+    def _entry_tier(self, model: str, override=None) -> int:
+        """The first tier serving `model`, or the tier the client named in `quality.tier`."""
+        named = getattr(override, "tier", None)
         for i, tier in enumerate(self.tiers):
-            if model == tier.model_id:
+            if (model == tier.model_id) and named in (None, tier.name):
                 return i
+        if named is not None:
+            raise BadRequest(f"no tier named {named!r} serves {model!r}; tiers: "
+                             f"{', '.join(t.name for t in self.tiers)}", param="quality.tier")
         raise ModelNotFound.named(model, model_ids(self.tiers))
 
     def _quality_config(self, request) -> tuple[QualityConfig, int, str]:
@@ -261,8 +282,8 @@ class QualityRouter:
         attempts = self.config.max_attempts_per_tier * len(self.tiers)
         mode = self.config.gate_mode
         if override is not None:
-            update = {k: v for k, v in {"enabled": override.enabled,
-                                        "threshold": override.threshold}.items() if v is not None}
+            update = {k: v for k, v in {"enabled": override.enabled, "threshold": override.threshold,
+                                        "samples": override.samples}.items() if v is not None}
             cfg = cfg.model_copy(update=update)
             attempts = override.max_attempts or attempts
             mode = override.gate_mode or mode
@@ -280,8 +301,10 @@ class QualityRouter:
                      request_id: str) -> AsyncIterator[dict]:
         """Events: {"start": tier/model}, {"delta": GenerationDelta}..., {"quality": report}.
 
-        'report' mode streams the first attempt at once and scores it at the end; 'buffered'
-        mode runs the whole gate first, then sends the chosen answer (TTFT = full generation).
+        'report' mode streams the first attempt at once and scores it at the end (its consistency
+        samples are drawn meanwhile; a consensus tier cannot swap an answer already sent);
+        'buffered' mode runs the whole gate first, then sends the chosen answer (TTFT = full
+        generation).
         """
         qcfg, _, mode = self._quality_config(request)
         if mode == "buffered":
@@ -293,8 +316,7 @@ class QualityRouter:
                 prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)}
             yield {"quality": self._report(outcome)}
             return
-        entry = self._entry_tier(request.model)
-        generation = self._generation(request, request_id, sampling_of(request))
+        entry = self._entry_tier(request.model, request.quality)
         busy: list[bool] = []
         for tier in range(entry, len(self.tiers)):
             name = self.tiers[tier].name
@@ -303,6 +325,7 @@ class QualityRouter:
                 busy.append(False)
                 continue
             started = time.monotonic()
+            generation = self._generation(request, request_id, sampling_of(request), tier, qcfg)
             stream = self.tier_handles[tier].options(stream=True).stream.remote(generation)
             try:
                 first = await asyncio.wait_for(stream.__anext__(), self.config.first_token_timeout_s)
@@ -327,30 +350,32 @@ class QualityRouter:
             yield {"delta": delta}
         if not qcfg.enabled:
             return
+        last = deltas[-1]
         result = GenerationResult(
-            text="".join(d.text for d in deltas),
-            logprobs=[lp for d in deltas for lp in d.logprobs],
-            finish_reason=deltas[-1].finish_reason, prompt_tokens=deltas[-1].prompt_tokens,
-            completion_tokens=deltas[-1].completion_tokens, model_id=cfg.model_id, tier=cfg.name,
+            choices=[Candidate(text="".join(d.text for d in deltas),
+                               logprobs=[lp for d in deltas for lp in d.logprobs],
+                               finish_reason=last.finish_reason,
+                               completion_tokens=last.completion_tokens)],
+            samples=last.samples, prompt_tokens=last.prompt_tokens, model_id=cfg.model_id,
+            tier=cfg.name,
         )
-        generation_s = time.monotonic() - started
-        report = await self._score(relevance_text(request), result, qcfg)
-        report.timing = {"generation_ms": round(generation_s * 1000, 1),
-                         "scoring_ms": report.timing["scoring_ms"]}
+        generation_ms = (time.monotonic() - started) * 1000
+        _, report = await self._judge(request, result, qcfg, tier, consensus=False)
+        report.timing = {"generation_ms": round(generation_ms, 1),
+                         "scoring_ms": report.timing["scoring_ms"],
+                         "tokens": result.tokens_generated}
         yield {"quality": self._report(Outcome(result, report))}
 
     async def _gated(self, request, request_id: str) -> Outcome:
         qcfg, max_attempts, _ = self._quality_config(request)
-        entry = self._entry_tier(request.model)
+        entry = self._entry_tier(request.model, request.quality)
         every = self.config.max_attempts_per_tier * len(self.tiers)
         plan = plan_attempts(
             entry, [t.sampling.temperature for t in self.tiers], sampling_of(request),
             self.config.max_attempts_per_tier, every, self.config.retry_temperature_factor,
         )
-        prompt = relevance_text(request)
         counter = iter(range(len(plan)))
-        spent = {"generation_ms": 0.0, "scoring_ms": 0.0}
-
+        spent = {"generation_ms": 0.0, "scoring_ms": 0.0, "tokens": 0}
         tried: list[int] = []
 
         async def generate(attempt: Attempt) -> GenerationResult:
@@ -362,7 +387,8 @@ class QualityRouter:
                 kind = "retries" if tried[-1] == attempt.tier else "escalations"
                 metrics.inc(f"graphserve_quality_{kind}", tier=name)
             tried.append(attempt.tier)
-            generation = self._generation(request, f"{request_id}-{next(counter)}", attempt.sampling)
+            generation = self._generation(request, f"{request_id}-{next(counter)}",
+                                          attempt.sampling, attempt.tier, qcfg)
             started = time.monotonic()
             try:
                 result = await asyncio.wait_for(
@@ -374,75 +400,167 @@ class QualityRouter:
                 log.warning("[%s] tier %s unavailable (%s)", request_id, name, type(e).__name__)
                 raise TierUnavailable(name, busy=isinstance(e, BackPressureError)) from e
             spent["generation_ms"] += (time.monotonic() - started) * 1000
+            spent["tokens"] += result.tokens_generated
+            if self.tiers[attempt.tier].consensus_samples and not qcfg.enabled:
+                result, _ = await self._judge(request, result, qcfg, attempt.tier, consensus=True)
             return result
 
-        async def score(result: GenerationResult) -> quality.QualityReport:
-            report = await self._score(prompt, result, qcfg)
+        async def score(result: GenerationResult) -> tuple[GenerationResult, quality.QualityReport]:
+            tier = next(i for i, t in enumerate(self.tiers) if t.name == result.tier)
+            result, report = await self._judge(request, result, qcfg, tier,
+                                               consensus=self.tiers[tier].consensus_samples > 0)
             spent["scoring_ms"] += report.timing["scoring_ms"]
             report.timing = spent  # the totals over every attempt so far
-            return report
+            return result, report
 
         outcome = await run_gated(plan, generate, score if qcfg.enabled else None, max_attempts)
         if outcome.report is not None:
             outcome.report.timing = {k: round(v, 1) for k, v in spent.items()}
         return outcome
 
-    def _generation(self, request, request_id: str, sampling: Sampling) -> GenerationRequest:
-        if isinstance(request, ChatCompletionRequest):
-            return GenerationRequest(request_id=request_id, messages=request.chat(), sampling=sampling)
-        return GenerationRequest(request_id=request_id, prompt=request.prompt, sampling=sampling)
+    def _generation(self, request, request_id: str, sampling: Sampling, tier: int,
+                    qcfg: QualityConfig) -> GenerationRequest:
+        """One attempt's request to a tier: the client's sampling, plus what the gate needs."""
+        samples = max(qcfg.samples if qcfg.enabled else 0, self.tiers[tier].consensus_samples)
+        prompt = ({"messages": request.chat()} if isinstance(request, ChatCompletionRequest)
+                  else {"prompt": request.prompt})
+        return GenerationRequest(
+            request_id=request_id, sampling=sampling, samples=samples,
+            sample_temperature=qcfg.sample_temperature,
+            signal_top_k=qcfg.signal_top_k if qcfg.enabled else 0, **prompt)
 
     # -- scoring ----------------------------------------------------------------------------
 
-    async def _score(self, prompt: str, result: GenerationResult,
-                     qcfg: QualityConfig) -> quality.QualityReport:
+    async def _judge(self, request, result: GenerationResult, qcfg: QualityConfig, tier: int,
+                     consensus: bool) -> tuple[GenerationResult, quality.QualityReport]:
+        """Signals and calibrated score of the answer (after a consensus pick among the answer
+        and its samples when the tier asks for one): one embedder call for the prompt, the answer
+        and the samples, and with `cross_tier` the next tier's likelihood, concurrently."""
         started = time.monotonic()
-        vectors = await self._embed([prompt, result.text]) if result.text.strip() else None
+        prompt = relevance_text(request)
+        vectors = await self._embed([prompt, result.text, *(s.text for s in result.samples)])
+        if consensus and result.samples:
+            texts = [result.text, *(s.text for s in result.samples)]
+            pick = quality.consensus(texts, prompt, vectors[1:] if vectors else None)
+            if vectors and pick:
+                vectors = [vectors[0], vectors[1 + pick],
+                           *(v for i, v in enumerate(vectors[1:]) if i != pick)]
+            result = chosen_by_consensus(result, pick)
+        cross = None
+        if qcfg.cross_tier and tier + 1 < len(self.tiers):
+            cross = await self._likelihood(tier + 1, request, result.text, 0)
         report = quality.score_answer(
-            answer=result.text, finish_reason=result.finish_reason, config=qcfg,
+            self._evidence(request, result, vectors, cross), self.calibration,
+            qcfg.threshold, qcfg.repetition_ngram, qcfg.repetition_floor)
+        return result, self._finish_report(report, result.tier, result.model_id,
+                                           time.monotonic() - started)
+
+    def _evidence(self, request, result: GenerationResult, vectors: list | None,
+                  cross: list[TokenLogprob] | None) -> quality.Evidence:
+        return quality.Evidence(
+            prompt=relevance_text(request), answer=result.text, finish_reason=result.finish_reason,
+            logprobs=[lp.logprob for lp in result.logprobs],
+            tops=[[lp for _, lp in t.top] for t in result.logprobs],
+            samples=[s.text for s in result.samples] if result.samples else None,
             prompt_vec=vectors[0] if vectors else None,
             answer_vec=vectors[1] if vectors else None,
-            token_logprobs=[lp.logprob for lp in result.logprobs],
+            sample_vecs=vectors[2:] if vectors else None,
+            cross_tier_logprobs=[lp.logprob for lp in cross] if cross else None,
         )
-        report.tier, report.model = result.tier, result.model_id
-        elapsed = time.monotonic() - started
+
+    def _finish_report(self, report: quality.QualityReport, tier: str | None, model: str | None,
+                       elapsed: float, served: bool = True) -> quality.QualityReport:
+        """Tier and timing of one scored answer; the gate's metrics count served answers only."""
+        report.tier, report.model = tier, model
         report.timing = {"scoring_ms": elapsed * 1000}
+        if not served:
+            return report
         metrics.observe("graphserve_scoring_latency_seconds", elapsed)
-        metrics.observe("graphserve_quality_score", report.score, tier=result.tier)
+        metrics.observe("graphserve_quality_score", report.score, tier=tier)
         if not report.passed:
-            metrics.inc("graphserve_quality_gate_failures", tier=result.tier)
+            metrics.inc("graphserve_quality_gate_failures", tier=tier)
         for component in report.degraded:
             metrics.inc("graphserve_quality_degraded", component=component)
         return report
 
     async def _embed(self, texts: list[str]) -> list[list[float]] | None:
-        """Embeddings for scoring, or None when the embedder is down or slow (relevance degraded)."""
+        """Embeddings for scoring, or None when the embedder is down or slow (degraded)."""
         if self.availability.is_down(self.embedder_name):
             return None
         try:
             vectors, _ = await asyncio.wait_for(
-                self.embedder.embed.remote(texts), self.config.embedder_timeout_s
+                self.embedder.embed.remote([t if t.strip() else " " for t in texts]),
+                self.config.embedder_timeout_s,
             )
         except UNAVAILABLE as e:
             self._failed(self.embedder_name, e)
             return None
         return vectors.tolist()
 
-    async def score_pairs(self, pairs: list[ScorePair], threshold: float | None) -> list[dict]:
-        """`/v1/quality/score`: text-only components plus relevance (no engine logprobs)."""
-        vectors = await self._embed([t for p in pairs for t in (p.prompt, p.answer or " ")])
-        reports = []
-        for i, pair in enumerate(pairs):
-            has_vec = vectors is not None and pair.answer.strip()
-            reports.append(quality.score_answer(
-                answer=pair.answer, finish_reason=pair.finish_reason, config=self.config.quality,
-                prompt_vec=vectors[2 * i] if has_vec else None,
-                answer_vec=vectors[2 * i + 1] if has_vec else None,
-                threshold=threshold,
-            ).to_dict())
-        return reports
+    async def _likelihood(self, tier: int, request, answer: str, top_k: int,
+                          request_id: str | None = None) -> list[TokenLogprob] | None:
+        """The answer's token logprobs under a tier's model, or None when it cannot tell now."""
+        name = self.tiers[tier].name
+        if self.availability.is_down(name):
+            return None
+        prompt = ({"messages": request.chat()} if isinstance(request, ChatCompletionRequest)
+                  else {"prompt": request.prompt})
+        call = LikelihoodRequest(request_id=request_id or new_id("likelihood"), answer=answer,
+                                 top_k=top_k, **prompt)
+        try:
+            return await asyncio.wait_for(self.tier_handles[tier].likelihood.remote(call),
+                                          self.config.generation_timeout_s)
+        except UNAVAILABLE as e:
+            self._failed(name, e)
+            return None
+
+    async def score_pairs(self, body: QualityScoreRequest) -> list[dict]:
+        """`/v1/quality/score`: the signals of given answers. With `model`, the answer's
+        likelihood under that tier stands in for the engine's logprobs, and `samples` draws k
+        answers there to measure agreement; the calibrated score is then the same as served."""
+        qcfg = self.config.quality
+        tier = self._entry_tier(body.model) if body.model is not None else None
+        return list(await asyncio.gather(*(
+            self._score_pair(pair, body, tier, qcfg) for pair in body.pairs)))
+
+    async def _score_pair(self, pair: ScorePair, body: QualityScoreRequest, tier: int | None,
+                          qcfg: QualityConfig) -> dict:
+        started = time.monotonic()
+        as_chat = ChatCompletionRequest(model=body.model or "given",
+                                        messages=[{"role": "user", "content": pair.prompt}])
+        likelihood, samples = None, None
+        if tier is not None:
+            calls = [self._likelihood(tier, as_chat, pair.answer, qcfg.signal_top_k)]
+            if body.samples:
+                calls.append(self._draw_samples(tier, as_chat, body.samples, qcfg))
+            likelihood, *drawn = await asyncio.gather(*calls)
+            samples = drawn[0] if drawn else None
+        vectors = await self._embed([pair.prompt, pair.answer, *(samples or [])])
+        evidence = quality.Evidence(
+            prompt=pair.prompt, answer=pair.answer, finish_reason=pair.finish_reason,
+            logprobs=[lp.logprob for lp in likelihood] if likelihood is not None else None,
+            tops=[[lp for _, lp in t.top] for t in likelihood or []],
+            samples=samples, prompt_vec=vectors[0] if vectors else None,
+            answer_vec=vectors[1] if vectors else None,
+            sample_vecs=vectors[2:] if vectors else None)
+        report = quality.score_answer(evidence, self.calibration, body.threshold,
+                                      qcfg.repetition_ngram, qcfg.repetition_floor)
+        named = self.tiers[tier] if tier is not None else None
+        return self._finish_report(report, named and named.name, named and named.model_id,
+                                   time.monotonic() - started, served=False).to_dict()
+
+    async def _draw_samples(self, tier: int, request: ChatCompletionRequest, k: int,
+                            qcfg: QualityConfig) -> list[str] | None:
+        generation = GenerationRequest(
+            request_id=new_id("samples"), messages=request.chat(),
+            sampling=Sampling(n=k, temperature=qcfg.sample_temperature))
+        try:
+            result = await asyncio.wait_for(self.tier_handles[tier].generate.remote(generation),
+                                            self.config.generation_timeout_s)
+        except UNAVAILABLE as e:
+            self._failed(self.tiers[tier].name, e)
+            return None
+        return [c.text for c in result.choices]
 
     def _report(self, outcome: Outcome) -> dict | None:
         return None if outcome.report is None else outcome.report.to_dict()
-
-

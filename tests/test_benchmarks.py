@@ -59,3 +59,20 @@ def test_run_concurrent_bounds_concurrency():
     assert len(samples) == 20 and peak == 4 and wall > 0
     assert sorted(s.tokens for s in samples) == list(range(20))
     assert load.pct([1, 2, 3, 4, 5], 50) == 3 and load.pct([1, 2, 3, 4, 5], 95) == 5
+
+
+def test_quality_gate_table_and_plot(tmp_path):
+    from benchmarks import quality_gate
+
+    qs = quality_gate.pick_questions(30)
+    assert len(qs) == 30 and len({q.kind for q in qs}) >= 8  # spread over the kinds
+    policy = {"failed": 0, "accuracy": 0.5, "escalated": 0.0, "latency_p50_ms": 100.0,
+              "latency_p95_ms": 200.0, "tokens_per_answer": 20.0}
+    result = {"questions": 30, "concurrency": 8,
+              "policies": {name: dict(policy) for name in quality_gate.POLICIES},
+              "accuracy_gain_points": {name: 0.0 for name in quality_gate.POLICIES},
+              "gate_cost_pct_p50": 12.5}
+    table = quality_gate.markdown(result)
+    assert "| consensus tier | 50.0% | +0.0 pt |" in table and "+12.5 %" in table
+    quality_gate.plot(result, tmp_path / "q.png")
+    assert (tmp_path / "q.png").stat().st_size > 0

@@ -82,7 +82,7 @@ def test_max_tokens_caps_and_context():
     ({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}, "messages"),
     ({"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": -1}, "temperature"),
     ({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens"),
-    ({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 3}, "n"),
+    ({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 17}, "n"),
     ({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "content"),
 ])
 def test_chat_request_validation_names_the_field(body, field):

@@ -1,44 +1,90 @@
-"""Scoring components on plain data: milliseconds, no Ray, no models."""
+"""Signals and the calibrated score on plain data: milliseconds, no Ray, no models."""
 
+import json
 import math
 
 import pytest
 
-from deployments.config import QualityConfig, QualityWeights
 from deployments.quality import (
+    CALIBRATION_FILE,
+    Calibration,
+    Evidence,
     best,
     completeness,
-    confidence,
+    consensus,
+    consistency_signals,
+    content_words,
     cosine,
-    relevance,
+    normalised_answer,
     repetition,
     score_answer,
+    score_signals,
+    signals,
+    token_signals,
 )
 
 
-def test_cosine_and_relevance_ramp():
+def test_cosine():
     assert cosine([1, 0], [1, 0]) == pytest.approx(1)
     assert cosine([1, 0], [0, 1]) == pytest.approx(0)
     assert cosine([0, 0], [1, 0]) == 0
-    assert relevance([1, 0], [1, 0], 0.05, 0.45) == 1
-    assert relevance([1, 0], [0, 1], 0.05, 0.45) == 0
-    mid = [math.cos(math.acos(0.25)), math.sin(math.acos(0.25))]  # cosine 0.25: half-way
-    assert relevance([1, 0], mid, 0.05, 0.45) == pytest.approx(0.5)
 
 
-def test_confidence_is_geometric_mean_probability():
-    assert confidence([math.log(0.5)] * 4) == pytest.approx(0.5)
-    assert confidence([]) == 0
-    assert confidence([0.0, float("-inf")]) == pytest.approx(1.0)  # non-finite ignored
+def test_token_signals_see_one_unsure_token_the_mean_hides():
+    steady = token_signals([math.log(0.9)] * 10)
+    one_guess = token_signals([math.log(0.99)] * 9 + [math.log(0.05)])
+    assert steady["mean_logprob"] == pytest.approx(math.log(0.9))
+    # The geometric mean barely moves, the minimum and the low quantile do.
+    assert one_guess["min_logprob"] == pytest.approx(math.log(0.05))
+    assert one_guess["min_logprob"] < steady["min_logprob"]
+    assert one_guess["p10_logprob"] == pytest.approx(math.log(0.05))
+    assert token_signals([]) == {} and token_signals([float("-inf")]) == {}
+
+
+def test_entropy_over_the_top_candidates():
+    sure = token_signals([-0.01], [[-0.01, -6.0, -7.0]])
+    torn = token_signals([-1.1], [[-1.1, -1.1, -1.1]])
+    assert sure["mean_entropy"] < 0.1
+    assert torn["mean_entropy"] == pytest.approx(math.log(3))
+    assert "mean_entropy" not in token_signals([-0.5])  # no candidates returned
+
+
+def test_normalised_answer_is_what_a_short_answer_asserts():
+    q = "What is the capital of Australia?"
+    assert normalised_answer("The capital of Australia is Canberra.", q) == "canberra"
+    assert normalised_answer("Sydney is the capital of Australia.", q) == "sydney"
+    assert normalised_answer("15 + 27 = 42", "What is 15 plus 27?") == "42"
+    assert normalised_answer("It is 3,000 meters.", "How many meters in 3 km?") == "3000"
+    assert normalised_answer("The capital city is Canberra.", q) == "canberra"
+    assert content_words("The the of", "q") == [] and normalised_answer("", q) == ""
+
+
+def test_consistency_counts_agreeing_samples():
+    q = "What is the capital of Australia?"
+    out = consistency_signals("The capital of Australia is Canberra.",
+                              ["Canberra.", "It is Canberra, in the ACT.", "Sydney."], q,
+                              answer_vec=[1, 0], sample_vecs=[[1, 0], [1, 0], [0, 1]])
+    assert out["agreement"] == pytest.approx(2 / 3)
+    assert out["consistency"] == pytest.approx(2 / 3)
+    assert 0 < out["overlap"] < 1
+    assert consistency_signals("x", [], q) == {}
+    assert "consistency" not in consistency_signals("Canberra.", ["Canberra."], q)  # no vectors
+
+
+def test_consensus_picks_the_answer_most_samples_share():
+    q = "What is 15 plus 27?"
+    texts = ["15 + 27 = 32.", "The sum is 42.", "It is 42.", "42", "15 + 27 = 52"]
+    assert consensus(texts, q) == 1  # the first of the three that say 42
+    assert consensus(["A cat.", "A dog."], "q", [[1, 0], [0.9, 0.1]]) == 0  # tie: the first
+    # No shared answer: the one closest to the others in embedding space.
+    assert consensus(["a", "b", "c"], "q", [[0, 1], [1, 0], [0.9, 0.1]]) == 2
 
 
 def test_repetition_catches_loops_not_prose():
     prose = "Paris is the capital of France. It lies on the Seine and is known for the Louvre."
     assert repetition(prose) == 1
-    loop = "I am a robot. " * 12
-    assert repetition(loop) < 0.2
-    lines = "\n".join(["- buy milk"] * 5 + ["- buy eggs"])
-    assert repetition(lines) < 0.5
+    assert repetition("I am a robot. " * 12) < 0.2
+    assert repetition("\n".join(["- buy milk"] * 5 + ["- buy eggs"])) < 0.5
     assert repetition("the " * 30) < 0.1
 
 
@@ -50,39 +96,64 @@ def test_completeness():
     assert completeness("Paris is the capital and", "length") == pytest.approx(0.1)
 
 
-def test_score_weights_degraded_and_threshold():
-    cfg = QualityConfig(threshold=0.6)
-    good = score_answer(answer="Paris is the capital of France.", finish_reason="stop", config=cfg,
-                        prompt_vec=[1, 0], answer_vec=[1, 0], token_logprobs=[-0.1, -0.2])
-    assert good.passed and good.score > 0.9 and good.degraded == []
-    assert set(good.components) == {"relevance", "confidence", "repetition", "completeness"}
-    off_topic = score_answer(answer="Bananas are rich in potassium.", finish_reason="stop",
-                             config=cfg, prompt_vec=[1, 0], answer_vec=[0, 1],
-                             token_logprobs=[-0.1])
-    assert off_topic.score < good.score
-    no_embedder = score_answer(answer="Paris.", finish_reason="stop", config=cfg,
-                               token_logprobs=[-0.1])
-    assert no_embedder.degraded == ["relevance"] and "relevance" not in no_embedder.components
-    assert 0 <= no_embedder.score <= 1
-    empty = score_answer(answer="", finish_reason="stop", config=cfg, token_logprobs=[])
-    assert empty.score == 0 and not empty.passed
-    strict = score_answer(answer="Paris.", finish_reason="stop", config=cfg, threshold=0.999,
-                          prompt_vec=[1, 0], answer_vec=[0.9, 0.1], token_logprobs=[-1.0])
-    assert strict.threshold == 0.999 and not strict.passed
+CAL = Calibration(features=["mean_logprob", "agreement"], mean=[-0.5, 0.5], scale=[0.5, 0.5],
+                  coef=[1.0, 2.0], intercept=0.0, threshold=0.6)
 
 
-def test_weights_are_renormalised_over_available_components():
-    only_text = QualityConfig(weights=QualityWeights(relevance=0, confidence=0, repetition=1,
-                                                     completeness=1))
-    r = score_answer(answer="A complete sentence.", finish_reason="stop", config=only_text)
-    assert r.score == pytest.approx(1.0)
-    with pytest.raises(ValueError):
-        QualityWeights(relevance=0, confidence=0, repetition=0, completeness=0)
+def test_calibrated_probability_and_missing_signals():
+    assert CAL.probability({"mean_logprob": -0.5, "agreement": 0.5}) == (0.5, [])
+    high, _ = CAL.probability({"mean_logprob": -0.1, "agreement": 1.0})
+    low, _ = CAL.probability({"mean_logprob": -1.5, "agreement": 0.0})
+    assert high > 0.9 and low < 0.1
+    # A missing signal sits at its fit mean: it neither raises nor lowers the score.
+    p, missing = CAL.probability({"mean_logprob": -0.5})
+    assert p == 0.5 and missing == ["agreement"]
+
+
+def test_score_answer_gates_and_floors_degenerate_output():
+    q = "What is the capital of Australia?"
+    right = Evidence(prompt=q, answer="Canberra.", finish_reason="stop", logprobs=[-0.1, -0.1],
+                     samples=["Canberra.", "It is Canberra."])
+    wrong = Evidence(prompt=q, answer="Sydney.", finish_reason="stop", logprobs=[-1.5, -1.2],
+                     samples=["Canberra.", "Melbourne."])
+    r, w = score_answer(right, CAL), score_answer(wrong, CAL)
+    assert r.passed and not w.passed and r.score > w.score and r.threshold == 0.6
+    assert r.degraded == [] and {"agreement", "mean_logprob", "completeness"} <= set(r.components)
+    no_samples = score_answer(Evidence(prompt=q, answer="Canberra.", finish_reason="stop",
+                                       logprobs=[-0.1]), CAL)
+    assert no_samples.degraded == ["agreement"]
+    loop = Evidence(prompt=q, answer="Canberra Canberra Canberra " * 10, finish_reason="length",
+                    logprobs=[-0.01] * 30, samples=["Canberra"] * 2)
+    assert score_answer(loop, CAL).score == 0
+    empty = Evidence(prompt=q, answer="", finish_reason="stop", logprobs=[], samples=["x"])
+    assert score_answer(empty, CAL).score == 0
+    assert not score_signals(r.components, CAL, threshold=0.999).passed
+
+
+def test_signals_include_relevance_and_cross_tier_when_given():
+    e = Evidence(prompt="q", answer="An answer.", finish_reason="stop", prompt_vec=[1, 0],
+                 answer_vec=[0.6, 0.8], cross_tier_logprobs=[-0.2, -0.4])
+    out = signals(e)
+    assert out["relevance"] == pytest.approx(0.6)
+    assert out["cross_tier_logprob"] == pytest.approx(-0.3)
+    assert "mean_logprob" not in out and "agreement" not in out
+
+
+def test_shipped_calibration_loads_and_names_known_signals():
+    cal = Calibration.load()
+    data = json.loads(CALIBRATION_FILE.read_text())
+    assert len(cal.features) == len(cal.mean) == len(cal.scale) == len(cal.coef) >= 3
+    assert 0 < cal.threshold < 1 and data["answers"] >= 800
+    known = set(signals(Evidence(prompt="q", answer="An answer.", finish_reason="stop",
+                                 logprobs=[-0.1], tops=[[-0.1, -3]], samples=["An answer."],
+                                 prompt_vec=[1], answer_vec=[1], sample_vecs=[[1]])))
+    assert set(cal.features) <= known
 
 
 def test_best_prefers_higher_score_then_cheaper():
-    cfg = QualityConfig()
-    a = score_answer(answer="x y", finish_reason="length", config=cfg)
-    b = score_answer(answer="A fine answer.", finish_reason="stop", config=cfg)
-    c = score_answer(answer="A fine answer.", finish_reason="stop", config=cfg)
+    text_only = Calibration(features=["completeness"], mean=[0.5], scale=[0.5], coef=[4.0],
+                            intercept=0.0, threshold=0.9)
+    e = Evidence(prompt="q", answer="A fine answer.", finish_reason="stop")
+    cut = Evidence(prompt="q", answer="x y", finish_reason="length")
+    a, b, c = (score_answer(x, text_only) for x in (cut, e, e))
     assert best([a, b, c]) == 1

@@ -5,27 +5,34 @@ import asyncio
 import pytest
 from ray.serve.exceptions import DeploymentUnavailableError
 
-from deployments.config import QualityConfig
 from deployments.protocol import (
+    Candidate,
     ChatCompletionRequest,
     CompletionRequest,
     GenerationResult,
     Sampling,
     ServiceUnavailable,
 )
-from deployments.quality import score_answer
+from deployments.quality import Calibration, Evidence, score_answer
 from deployments.router import (
     TierUnavailable,
+    chosen_by_consensus,
     plan_attempts,
     relevance_text,
     run_gated,
     sampling_of,
 )
 
+# A text-only calibration: a complete sentence scores 0.98, one cut mid-sentence 0.6.
+TEXT_ONLY = Calibration(features=["completeness"], mean=[0.5], scale=[0.5], coef=[4.0],
+                        intercept=0.0, threshold=0.9)
 
-def result(text: str, tier: int) -> GenerationResult:
-    return GenerationResult(text=text, logprobs=[], finish_reason="stop", prompt_tokens=3,
-                            completion_tokens=len(text.split()), model_id="m", tier=f"t{tier}")
+
+def result(text: str, tier: int, samples: tuple[str, ...] = ()) -> GenerationResult:
+    return GenerationResult(
+        choices=[Candidate(text=text, finish_reason="stop", completion_tokens=len(text.split()))],
+        samples=[Candidate(text=s, finish_reason="stop", completion_tokens=1) for s in samples],
+        prompt_tokens=3, model_id="m", tier=f"t{tier}")
 
 
 class FakeTiers:
@@ -45,8 +52,8 @@ class FakeTiers:
 
 async def score(res: GenerationResult):
     # Text-only scoring: an answer ending mid-sentence or looping fails the 0.9 bar.
-    return score_answer(answer=res.text, finish_reason=res.finish_reason,
-                        config=QualityConfig(threshold=0.9))
+    return res, score_answer(Evidence(prompt="q", answer=res.text, finish_reason=res.finish_reason),
+                             TEXT_ONLY)
 
 
 def run(coro):
@@ -91,8 +98,8 @@ def test_all_attempts_fail_returns_best_candidate_not_passed():
     plan = plan_attempts(0, [0.8, 0.2], Sampling(), 2, 10, 0.5)
 
     async def strict(res):
-        return score_answer(answer=res.text, finish_reason="stop", config=QualityConfig(threshold=1.0),
-                            token_logprobs=[-5.0])
+        return res, score_answer(Evidence(prompt="q", answer=res.text, finish_reason="stop"),
+                                 TEXT_ONLY, threshold=1.0)
 
     out = run(run_gated(plan, tiers.generate, strict))
     assert not out.report.passed and out.report.attempts == 4
@@ -173,3 +180,35 @@ def test_a_down_entry_tier_does_not_use_up_the_attempts():
     tiers = FakeTiers({0: ["DOWN"], 1: ["Paris is", "Paris is the capital of France."]})
     one = run(run_gated(plan, tiers.generate, score, max_attempts=1))
     assert one.result.tier == "t1" and one.report.attempts == 1 and not one.report.passed
+
+
+def test_a_scorer_may_answer_with_another_candidate():
+    """A consensus tier's scorer hands back the sample the others agree with: that one is served."""
+    tiers = FakeTiers({0: ["The capital is Sydney."]})
+    plan = plan_attempts(0, [0.8], Sampling(), 1, 1, 0.5)
+
+    async def consensus(res):
+        res = result(res.text, 0, ("It is Canberra.", "Canberra.", "Canberra, in the ACT."))
+        picked = chosen_by_consensus(res, 2)
+        return picked, score_answer(Evidence(prompt="q", answer=picked.text, finish_reason="stop"),
+                                    TEXT_ONLY)
+
+    out = run(run_gated(plan, tiers.generate, consensus))
+    assert out.result.text == "Canberra." and out.report.passed
+
+
+def test_chosen_by_consensus_swaps_answer_and_sample():
+    res = result("A.", 0, ("B.", "C."))
+    assert chosen_by_consensus(res, 0) is res
+    picked = chosen_by_consensus(res, 2)
+    assert picked.text == "C." and [s.text for s in picked.samples] == ["A.", "B."]
+    assert picked.tokens_generated == res.tokens_generated
+
+
+def test_n_and_client_logprobs_reach_the_engine():
+    chat = ChatCompletionRequest.model_validate({
+        "model": "m", "n": 3, "messages": [{"role": "user", "content": "x"}]})
+    assert sampling_of(chat).n == 3
+    with pytest.raises(ValueError):
+        ChatCompletionRequest.model_validate({
+            "model": "m", "n": 2, "stream": True, "messages": [{"role": "user", "content": "x"}]})

@@ -23,8 +23,12 @@ def test_chat_answers_paris_with_usage_and_quality(client):
     assert resp.usage.prompt_tokens > 0 and resp.usage.completion_tokens > 0
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
     quality = resp.model_extra["quality"]
-    assert quality["passed"] and 0 <= quality["score"] <= 1
-    assert set(quality["components"]) == {"relevance", "confidence", "repetition", "completeness"}
+    assert 0 <= quality["score"] <= 1 and quality["degraded"] == []
+    # Every signal of the calibrated gate, consistency samples included, was computed.
+    assert set(quality["components"]) >= {
+        "mean_logprob", "min_logprob", "p10_logprob", "mean_entropy", "agreement", "overlap",
+        "consistency", "relevance", "repetition", "completeness"}
+    assert quality["timing"]["tokens"] > resp.usage.completion_tokens  # the samples' tokens
     assert raw.headers["x-served-by"] == "fast/" + CHAT
     assert float(raw.headers["x-quality-score"]) == pytest.approx(quality["score"], abs=1e-3)
     assert resp.choices[0].logprobs is None  # asked for internally, never leaked
@@ -52,7 +56,7 @@ def test_stream_carries_quality_in_the_last_chunk_before_done(http):
     assert events[-1] == "[DONE]"
     last = json.loads(events[-2])
     assert last["choices"][0]["finish_reason"] == "stop"
-    assert last["quality"]["passed"] and last["quality"]["tier"] == "fast"
+    assert last["quality"]["tier"] == "fast" and "agreement" in last["quality"]["components"]
     assert all("quality" not in json.loads(e) for e in events[:-2])
 
 
@@ -131,21 +135,75 @@ def test_buffered_stream_gates_before_sending(http):
     assert events[-1] == "[DONE]" and json.loads(events[-2])["quality"]["attempts"] == 4
 
 
-def test_quality_score_endpoint_ranks_good_over_bad(http):
+def test_quality_score_endpoint_gives_text_signals_without_a_model(http):
     q = "What is the boiling point of water at sea level?"
     r = http.post("/v1/quality/score", json={"pairs": [
         {"prompt": q, "answer": "Water boils at 100 degrees Celsius at sea level."},
-        {"prompt": q, "answer": "The Great Wall of China is very long."},
         {"prompt": q, "answer": "Water boils at " * 20},
         {"prompt": q, "answer": ""},
     ]})
     assert r.status_code == 200
-    scores = [d["score"] for d in r.json()["data"]]
-    assert scores[0] > 0.8 and scores[0] > max(scores[1:])
-    assert r.json()["data"][0]["degraded"] == ["confidence"]  # no engine logprobs for given text
+    good, loop, empty = r.json()["data"]
+    assert loop["score"] == 0 and empty["score"] == 0 and good["score"] > 0
+    assert "relevance" in good["components"] and "mean_logprob" in good["degraded"]
+
+
+def test_quality_score_endpoint_computes_model_signals_for_pairs(http):
+    q = "What is the capital of Australia?"
+    r = http.post("/v1/quality/score", json={"model": CHAT, "samples": 3, "pairs": [
+        {"prompt": q, "answer": "The capital of Australia is Canberra."},
+        {"prompt": q, "answer": "Bananas grow on trees in warm countries."}]})
+    assert r.status_code == 200, r.text
+    right, off = r.json()["data"]
+    for report in (right, off):
+        assert {"mean_logprob", "min_logprob", "mean_entropy", "agreement",
+                "consistency"} <= set(report["components"])
+        assert report["degraded"] == [] and report["tier"] == "fast"
+    # The model finds its own kind of answer far likelier than an unrelated sentence.
+    assert right["components"]["mean_logprob"] > off["components"]["mean_logprob"] + 1
+    assert right["score"] > off["score"]
+    bad = http.post("/v1/quality/score", json={"samples": 2, "pairs": [{"prompt": q, "answer": "x"}]})
+    assert bad.status_code == 400 and "samples needs a model" in bad.json()["error"]["message"]
+
+
+def test_n_returns_that_many_choices_with_usage_over_all(client):
+    resp = client.chat.completions.create(model=CHAT, messages=FRANCE, n=3, max_tokens=16,
+                                          temperature=0.8, seed=1, extra_body=NO_GATE)
+    assert [c.index for c in resp.choices] == [0, 1, 2]
+    assert all(c.message.content and c.finish_reason in ("stop", "length") for c in resp.choices)
+    assert resp.usage.completion_tokens >= 3
+    comp = client.completions.create(model=CHAT, prompt="The capital of France is", n=2,
+                                     max_tokens=4, temperature=0.8)
+    assert len(comp.choices) == 2
+
+
+def test_consensus_tier_answers_with_an_agreed_candidate(client):
+    """The `careful` tier draws 8 samples with each answer and serves the one they agree with."""
+    resp = client.chat.completions.create(
+        model=CHAT, messages=[{"role": "user", "content": "What is 6 times 7?"}], max_tokens=32,
+        temperature=0, extra_body={"quality": {"tier": "careful", "max_attempts": 1}})
+    quality = resp.model_extra["quality"]
+    assert quality["tier"] == "careful" and quality["attempts"] == 1
+    # 1 answer + 8 samples were generated (each at least one token); one of them is served.
+    assert quality["timing"]["tokens"] >= resp.usage.completion_tokens + 8
+    assert resp.choices[0].message.content
+
+
+def test_fitted_calibration_is_what_the_router_serves(client):
+    from deployments.quality import Calibration
+
+    cal = Calibration.load()
+    resp = client.chat.completions.create(model=CHAT, messages=FRANCE, max_tokens=16,
+                                          temperature=0, extra_body={"quality": {"max_attempts": 1}})
+    quality = resp.model_extra["quality"]
+    assert quality["threshold"] == pytest.approx(cal.threshold)
+    assert quality["score"] == pytest.approx(cal.probability(quality["components"])[0], abs=1e-3)
 
 
 def test_health_reports_each_deployment(http):
+    import torch
+
+    expected_dtype = "bfloat16" if torch.cpu._is_avx512_bf16_supported() else "float32"
     r = http.get("/health")
     body = r.json()
     assert r.status_code == 200 and body["status"] == "ok"
@@ -154,7 +212,8 @@ def test_health_reports_each_deployment(http):
     for tier in ("fast", "careful"):
         d = deployments[tier]
         assert d["role"] == "llm" and d["status"] == "ok" and d["model"] == CHAT
-        assert d["load_seconds"] > 0 and d["uptime_seconds"] > 0 and d["dtype"] == "float32"
+        # The dtype rule, not this machine's answer: bf16 only where the CPU has it natively.
+        assert d["load_seconds"] > 0 and d["uptime_seconds"] > 0 and d["dtype"] == expected_dtype
     assert deployments["embedder"]["dimensions"] == 384
     assert all(d["serve_status"] == "HEALTHY" and d["replicas"] == {"RUNNING": 1}
                for d in deployments.values())

@@ -49,7 +49,10 @@ CASES = [
     ("temperature-too-high", C, chat(temperature=5), {}, 400, "temperature"),
     ("top-p-zero", C, chat(top_p=0), {}, 400, "top_p"),
     ("n-zero", C, chat(n=0), {}, 400, "n"),
-    ("n-too-many", C, chat(n=5), {}, 400, "n"),
+    ("n-too-many", C, chat(n=17), {}, 400, "n"),
+    ("n-streamed", C, chat(n=2, stream=True), {}, 400, "n > 1"),
+    ("quality-unknown-tier", C, chat(quality={"tier": "nope"}), {}, 400, "quality.tier"),
+    ("quality-too-many-samples", C, chat(quality={"samples": 99}), {}, 400, "quality.samples"),
     ("stream-wrong-type", C, chat(stream=[1]), {}, 400, "stream"),
     ("top-logprobs-too-many", C, chat(logprobs=True, top_logprobs=50), {}, 400, "top_logprobs"),
     ("too-many-stops", C, chat(stop=["a", "b", "c", "d", "e"]), {}, 400, "stop"),
@@ -70,6 +73,8 @@ CASES = [
     ("embed-bad-encoding", E, {"model": EMBED, "input": "x", "encoding_format": "xml"}, {}, 400, "encoding_format"),
     ("score-no-pairs", Q, {"pairs": []}, {}, 400, "pairs"),
     ("score-pair-without-prompt", Q, {"pairs": [{"answer": "x"}]}, {}, 400, "pairs[0].prompt"),
+    ("score-samples-without-model", Q, {"samples": 2, "pairs": [{"prompt": "q", "answer": "a"}]}, {}, 400, "samples"),
+    ("score-unknown-model", Q, {"model": "gpt-9", "pairs": [{"prompt": "q", "answer": "a"}]}, {}, 404, "model"),
     ("unknown-route", "/v1/nope", {}, {}, 404, "/v1/nope"),
 ]
 

@@ -74,13 +74,15 @@ def test_tier_down_next_tier_serves_scored_without_relevance(broken_apps):
     assert "Paris" in resp.choices[0].message.content
     assert raw.headers["x-served-by"] == f"backup/{CHAT}"
     quality = resp.model_extra["quality"]
-    assert quality["degraded"] == ["relevance"] and "relevance" not in quality["components"]
-    assert quality["tier"] == "backup" and quality["passed"]
+    # Without the embedder, the signals it feeds are degraded (taken at their fit mean).
+    assert {"relevance", "consistency"} <= set(quality["degraded"])
+    assert not {"relevance", "consistency"} & set(quality["components"])
+    assert "agreement" in quality["components"] and quality["tier"] == "backup"
 
     stream = list(client.chat.completions.create(
         model=CHAT, messages=FRANCE, temperature=0, max_tokens=24, stream=True))
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-    assert "Paris" in text and stream[-1].model_extra["quality"]["degraded"] == ["relevance"]
+    assert "Paris" in text and "relevance" in stream[-1].model_extra["quality"]["degraded"]
 
     health = httpx.get(f"{BASE}/degraded/health", timeout=30)
     assert health.status_code == 200 and health.json()["status"] == "degraded"

@@ -73,7 +73,8 @@ def test_scraped_metrics_count_the_traffic(http):
     before = settled(read)
     for i in range(12):
         r = http.post(chat, json={"model": CHAT, "max_tokens": 4, "temperature": 0,
-                                  "quality": {"threshold": 0},  # one attempt each: exact counts
+                                  # one attempt each, no samples: exact counts
+                                  "quality": {"threshold": 0, "samples": 0},
                                   "messages": [{"role": "user", "content": f"Say the number {i}."}]})
         assert r.status_code == 200
     expected = tuple(b + 12 for b in before)

@@ -1,0 +1,155 @@
+"""The gate where it acts: accuracy, escalation, latency and tokens per answer, per policy.
+
+    python -m benchmarks.quality_gate [--url URL] [--questions N]   # against a running graph
+
+Questions come from the test split of benchmarks/questions.py (and the held-out kind), spread over
+the kinds, and are answered non-streamed at temperature 0 under each policy:
+- `greedy, no gate`: the entry tier's greedy answer, nothing scored (what `vllm serve` gives);
+- `gate, scored once`: the same answer plus its consistency samples and score (the gate's cost);
+- `gate, default attempts`: below the threshold the router escalates to the `careful` tier, whose
+  consensus answer is served;
+- `consensus tier`: the `careful` tier's consensus answer for every question.
+Each answer is judged by the matcher. Also run by `make bench` against the graph it starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import httpx
+
+from benchmarks import load
+from benchmarks.questions import Question, build_questions, judge, split_of
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODEL = "smollm2-135m-instruct"
+MAX_TOKENS = 64
+POLICIES = {
+    "greedy, no gate": {"enabled": False},
+    "gate, scored once": {"max_attempts": 1},
+    "gate, default attempts": {},
+    "consensus tier": {"tier": "careful", "max_attempts": 1},
+}
+
+
+def pick_questions(n: int) -> list[Question]:
+    """n questions from the test split and the held-out kind, round-robin over the kinds."""
+    by_kind: dict[str, list[Question]] = {}
+    for q in build_questions():
+        if split_of(q) != "fit":
+            by_kind.setdefault(q.kind, []).append(q)
+    out: list[Question] = []
+    while len(out) < n and any(by_kind.values()):
+        for kind in sorted(by_kind):
+            if by_kind[kind] and len(out) < n:
+                out.append(by_kind[kind].pop(0))
+    return out
+
+
+async def answer(client: httpx.AsyncClient, q: Question, policy: dict) -> dict:
+    started = time.perf_counter()
+    r = await client.post("/v1/chat/completions", json={
+        "model": MODEL, "messages": [{"role": "user", "content": q.prompt}], "temperature": 0,
+        "max_tokens": MAX_TOKENS, "quality": policy})
+    latency = time.perf_counter() - started
+    if r.status_code != 200:
+        return {"ok": False, "status": r.status_code}
+    body = r.json()
+    text = body["choices"][0]["message"]["content"]
+    report = body.get("quality")
+    return {"ok": True, "right": judge(q, text), "latency_s": latency,
+            "tokens": report["timing"]["tokens"] if report else body["usage"]["completion_tokens"],
+            "escalated": bool(report) and report["tier"] != "fast" and "tier" not in policy,
+            "passed": report["passed"] if report else None}
+
+
+async def run(base: str, questions: list[Question], concurrency: int = 8, bar=None) -> dict:
+    out: dict = {"questions": len(questions), "concurrency": concurrency, "policies": {}}
+    async with httpx.AsyncClient(base_url=base, timeout=600) as client:
+        for name, policy in POLICIES.items():
+            gate = asyncio.Semaphore(concurrency)
+
+            async def one(q: Question) -> dict:
+                async with gate:
+                    return await answer(client, q, policy)
+
+            rows = await asyncio.gather(*(one(q) for q in questions))
+            ok = [r for r in rows if r["ok"]]
+            lat = [r["latency_s"] * 1000 for r in ok]
+            out["policies"][name] = {
+                "failed": len(rows) - len(ok),
+                "accuracy": round(sum(r["right"] for r in ok) / max(len(ok), 1), 4),
+                "escalated": round(sum(r["escalated"] for r in ok) / max(len(ok), 1), 4),
+                "latency_p50_ms": round(load.pct(lat, 50), 1) if lat else None,
+                "latency_p95_ms": round(load.pct(lat, 95), 1) if lat else None,
+                "tokens_per_answer": round(sum(r["tokens"] for r in ok) / max(len(ok), 1), 1),
+            }
+            if bar is not None:
+                bar.update()
+    policies = out["policies"]
+    base_acc = policies["greedy, no gate"]["accuracy"]
+    out["accuracy_gain_points"] = {
+        name: round(100 * (p["accuracy"] - base_acc), 1) for name, p in policies.items()}
+    plain, scored = policies["greedy, no gate"], policies["gate, scored once"]
+    if plain["latency_p50_ms"] and scored["latency_p50_ms"]:
+        # What scoring (samples in the engine + the embedder + the signals) adds to an answer.
+        out["gate_cost_pct_p50"] = round(
+            100 * (scored["latency_p50_ms"] / plain["latency_p50_ms"] - 1), 1)
+    return out
+
+
+def markdown(r: dict) -> str:
+    lines = [f"{r['questions']} questions (test split + held-out kind), temperature 0, "
+             f"{MAX_TOKENS} tokens, concurrency {r['concurrency']}.", "",
+             "| policy | accuracy | vs greedy | escalated | p50 ms | p95 ms | tokens/answer |",
+             "|---|---|---|---|---|---|---|"]
+    for name, p in r["policies"].items():
+        lines.append(f"| {name} | {p['accuracy']:.1%} | {r['accuracy_gain_points'][name]:+.1f} pt | "
+                     f"{p['escalated']:.0%} | {p['latency_p50_ms']} | {p['latency_p95_ms']} | "
+                     f"{p['tokens_per_answer']} |")
+    if "gate_cost_pct_p50" in r:
+        lines += ["", f"Gate cost at p50 (scored once vs no gate): +{r['gate_cost_pct_p50']} % latency."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(r: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, p in r["policies"].items():
+        ax.scatter(p["tokens_per_answer"], 100 * p["accuracy"], s=60)
+        ax.annotate(name, (p["tokens_per_answer"], 100 * p["accuracy"]),
+                    textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlabel("tokens generated per answer (samples included)")
+    ax.set_ylabel("accuracy on checkable questions (%)")
+    ax.set_title("Quality gate: cost vs accuracy")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--questions", type=int, default=120)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    result = asyncio.run(run(args.url, pick_questions(args.questions), args.concurrency))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "quality_gate.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "quality_gate.md").write_text(markdown(result))
+    plot(result, args.out / "quality_gate.png")
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
