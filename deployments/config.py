@@ -121,6 +121,10 @@ class LLMConfig(Strict):
         0, ge=0, le=16, description="k > 0: this tier draws k samples with each answer and answers "
         "with the one they agree with most (self-consistency)",
     )
+    consensus_temperature: float = Field(
+        0.3, gt=0, le=2, description="temperature of a consensus tier's samples (benchmarks/"
+        "consensus_sweep.py: +7 points over greedy at 0.3, +5 at 0.7 for SmolLM2-135M)",
+    )
     sampling: SamplingDefaults = Field(default_factory=SamplingDefaults)
     deployment: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(max_ongoing_requests=64, max_queued_requests=128)

@@ -421,12 +421,14 @@ class QualityRouter:
     def _generation(self, request, request_id: str, sampling: Sampling, tier: int,
                     qcfg: QualityConfig) -> GenerationRequest:
         """One attempt's request to a tier: the client's sampling, plus what the gate needs."""
-        samples = max(qcfg.samples if qcfg.enabled else 0, self.tiers[tier].consensus_samples)
+        cfg = self.tiers[tier]
+        samples = max(qcfg.samples if qcfg.enabled else 0, cfg.consensus_samples)
         prompt = ({"messages": request.chat()} if isinstance(request, ChatCompletionRequest)
                   else {"prompt": request.prompt})
         return GenerationRequest(
             request_id=request_id, sampling=sampling, samples=samples,
-            sample_temperature=qcfg.sample_temperature,
+            sample_temperature=(cfg.consensus_temperature if cfg.consensus_samples
+                                else qcfg.sample_temperature),
             signal_top_k=qcfg.signal_top_k if qcfg.enabled else 0, **prompt)
 
     # -- scoring ----------------------------------------------------------------------------
