@@ -32,6 +32,7 @@ ANSWERS = ROOT / "data" / "answers.jsonl"
 RESULTS = ROOT / "results"
 MODEL = "smollm2-135m-instruct"
 MAX_TOKENS = 64
+NEXT_TIER = "careful"  # the tier after the entry one in serve_config.yaml
 # Signals the calibrated score may use (all generic). Answer length is the baseline, never a feature.
 FEATURES = ["mean_logprob", "min_logprob", "p10_logprob", "mean_entropy", "agreement", "overlap",
             "consistency", "relevance", "repetition", "completeness"]
@@ -58,13 +59,13 @@ async def ask(client: httpx.AsyncClient, q: Question, tier: str | None) -> dict:
             "signals": body["quality"]["components"], "served_score": body["quality"]["score"]}
 
 
-async def cross_tier(client: httpx.AsyncClient, rows: list[dict], next_model: str) -> None:
+async def cross_tier(client: httpx.AsyncClient, rows: list[dict], next_tier: str) -> None:
     """The next tier's mean logprob of each answer (in the default graph: the same model)."""
     for i in range(0, len(rows), 32):
         chunk = rows[i:i + 32]
         r = await client.post("/v1/quality/score", json={
-            "model": next_model, "pairs": [{"prompt": x["prompt"], "answer": x["answer"] or " "}
-                                           for x in chunk]})
+            "model": MODEL, "tier": next_tier,
+            "pairs": [{"prompt": x["prompt"], "answer": x["answer"] or " "} for x in chunk]})
         r.raise_for_status()
         for row, report in zip(chunk, r.json()["data"]):
             if "mean_logprob" in report["components"]:
@@ -87,7 +88,7 @@ async def collect(url: str, concurrency: int, out: Path, tier: str | None) -> li
 
         rows = await asyncio.gather(*(one(q) for q in questions))
         bar.close()
-        await cross_tier(client, rows, MODEL)
+        await cross_tier(client, rows, NEXT_TIER)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     right = sum(r["right"] for r in rows)

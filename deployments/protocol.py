@@ -247,6 +247,7 @@ class QualityScoreRequest(Lenient):
     pairs: list[ScorePair] = Field(min_length=1, max_length=256)
     threshold: float | None = Field(None, ge=0, le=1)
     model: str | None = Field(None, description="a tier's model id: score under that model")
+    tier: str | None = Field(None, description="which of the tiers serving `model` (by name)")
     samples: int = Field(0, ge=0, le=16, description="consistency samples per pair (needs model)")
 
     @model_validator(mode="after")

@@ -213,6 +213,28 @@ def sampling_of(request: ChatCompletionRequest | CompletionRequest) -> Sampling:
     )
 
 
+def prompt_of(request: ChatCompletionRequest | CompletionRequest) -> dict:
+    """The prompt fields of a tier request: chat messages, or the raw completion prompt."""
+    if isinstance(request, ChatCompletionRequest):
+        return {"messages": request.chat()}
+    return {"prompt": request.prompt}
+
+
+def evidence(prompt: str, answer: str, finish_reason: str | None,
+             tokens: list[TokenLogprob] | None, samples: list[str] | None,
+             vectors: list[list[float]] | None,
+             cross: list[TokenLogprob] | None = None) -> quality.Evidence:
+    """What the scorer needs, as plain data. `vectors`: prompt, answer, then one per sample."""
+    return quality.Evidence(
+        prompt=prompt, answer=answer, finish_reason=finish_reason,
+        logprobs=[t.logprob for t in tokens] if tokens is not None else None,
+        tops=[[lp for _, lp in t.top] for t in tokens or []],
+        samples=samples, prompt_vec=vectors[0] if vectors else None,
+        answer_vec=vectors[1] if vectors else None, sample_vecs=vectors[2:] if vectors else None,
+        cross_tier_logprobs=[t.logprob for t in cross] if cross else None,
+    )
+
+
 def chosen_by_consensus(result: GenerationResult, index: int) -> GenerationResult:
     """The result with candidate `index` (0: the answer, i > 0: sample i - 1) as its answer."""
     if index == 0:
@@ -265,15 +287,16 @@ class QualityRouter:
         """The last probe of each tier and of the embedder, for /health (no call downstream)."""
         return self.availability.state
 
-    def _entry_tier(self, model: str, override=None) -> int:
-        """The first tier serving `model`, or the tier the client named in `quality.tier`."""
+    def _entry_tier(self, model: str, override=None, param: str = "quality.tier") -> int:
+        """The first tier serving `model`, or the one named by `override.tier` (a request's
+        `quality.tier`, or `/v1/quality/score`'s `tier`)."""
         named = getattr(override, "tier", None)
         for i, tier in enumerate(self.tiers):
             if (model == tier.model_id) and named in (None, tier.name):
                 return i
         if named is not None:
             raise BadRequest(f"no tier named {named!r} serves {model!r}; tiers: "
-                             f"{', '.join(t.name for t in self.tiers)}", param="quality.tier")
+                             f"{', '.join(t.name for t in self.tiers)}", param=param)
         raise ModelNotFound.named(model, model_ids(self.tiers))
 
     def _quality_config(self, request) -> tuple[QualityConfig, int, str]:
@@ -423,13 +446,11 @@ class QualityRouter:
         """One attempt's request to a tier: the client's sampling, plus what the gate needs."""
         cfg = self.tiers[tier]
         samples = max(qcfg.samples if qcfg.enabled else 0, cfg.consensus_samples)
-        prompt = ({"messages": request.chat()} if isinstance(request, ChatCompletionRequest)
-                  else {"prompt": request.prompt})
         return GenerationRequest(
             request_id=request_id, sampling=sampling, samples=samples,
             sample_temperature=(cfg.consensus_temperature if cfg.consensus_samples
                                 else qcfg.sample_temperature),
-            signal_top_k=qcfg.signal_top_k if qcfg.enabled else 0, **prompt)
+            signal_top_k=qcfg.signal_top_k if qcfg.enabled else 0, **prompt_of(request))
 
     # -- scoring ----------------------------------------------------------------------------
 
@@ -437,7 +458,7 @@ class QualityRouter:
                      consensus: bool) -> tuple[GenerationResult, quality.QualityReport]:
         """Signals and calibrated score of the answer (after a consensus pick among the answer
         and its samples when the tier asks for one): one embedder call for the prompt, the answer
-        and the samples, and with `cross_tier` the next tier's likelihood, concurrently."""
+        and the samples, then with `cross_tier` the next tier's likelihood of the chosen answer."""
         started = time.monotonic()
         prompt = relevance_text(request)
         vectors = await self._embed([prompt, result.text, *(s.text for s in result.samples)])
@@ -451,24 +472,13 @@ class QualityRouter:
         cross = None
         if qcfg.cross_tier and tier + 1 < len(self.tiers):
             cross = await self._likelihood(tier + 1, request, result.text, 0)
+        samples = [s.text for s in result.samples] if result.samples else None
         report = quality.score_answer(
-            self._evidence(request, result, vectors, cross), self.calibration,
-            qcfg.threshold, qcfg.repetition_ngram, qcfg.repetition_floor)
+            evidence(prompt, result.text, result.finish_reason, result.logprobs, samples, vectors,
+                     cross),
+            self.calibration, qcfg.threshold, qcfg.repetition_ngram, qcfg.repetition_floor)
         return result, self._finish_report(report, result.tier, result.model_id,
                                            time.monotonic() - started)
-
-    def _evidence(self, request, result: GenerationResult, vectors: list | None,
-                  cross: list[TokenLogprob] | None) -> quality.Evidence:
-        return quality.Evidence(
-            prompt=relevance_text(request), answer=result.text, finish_reason=result.finish_reason,
-            logprobs=[lp.logprob for lp in result.logprobs],
-            tops=[[lp for _, lp in t.top] for t in result.logprobs],
-            samples=[s.text for s in result.samples] if result.samples else None,
-            prompt_vec=vectors[0] if vectors else None,
-            answer_vec=vectors[1] if vectors else None,
-            sample_vecs=vectors[2:] if vectors else None,
-            cross_tier_logprobs=[lp.logprob for lp in cross] if cross else None,
-        )
 
     def _finish_report(self, report: quality.QualityReport, tier: str | None, model: str | None,
                        elapsed: float, served: bool = True) -> quality.QualityReport:
@@ -505,10 +515,8 @@ class QualityRouter:
         name = self.tiers[tier].name
         if self.availability.is_down(name):
             return None
-        prompt = ({"messages": request.chat()} if isinstance(request, ChatCompletionRequest)
-                  else {"prompt": request.prompt})
         call = LikelihoodRequest(request_id=request_id or new_id("likelihood"), answer=answer,
-                                 top_k=top_k, **prompt)
+                                 top_k=top_k, **prompt_of(request))
         try:
             return await asyncio.wait_for(self.tier_handles[tier].likelihood.remote(call),
                                           self.config.generation_timeout_s)
@@ -521,7 +529,7 @@ class QualityRouter:
         likelihood under that tier stands in for the engine's logprobs, and `samples` draws k
         answers there to measure agreement; the calibrated score is then the same as served."""
         qcfg = self.config.quality
-        tier = self._entry_tier(body.model) if body.model is not None else None
+        tier = self._entry_tier(body.model, body, "tier") if body.model is not None else None
         return list(await asyncio.gather(*(
             self._score_pair(pair, body, tier, qcfg) for pair in body.pairs)))
 
@@ -538,15 +546,9 @@ class QualityRouter:
             likelihood, *drawn = await asyncio.gather(*calls)
             samples = drawn[0] if drawn else None
         vectors = await self._embed([pair.prompt, pair.answer, *(samples or [])])
-        evidence = quality.Evidence(
-            prompt=pair.prompt, answer=pair.answer, finish_reason=pair.finish_reason,
-            logprobs=[lp.logprob for lp in likelihood] if likelihood is not None else None,
-            tops=[[lp for _, lp in t.top] for t in likelihood or []],
-            samples=samples, prompt_vec=vectors[0] if vectors else None,
-            answer_vec=vectors[1] if vectors else None,
-            sample_vecs=vectors[2:] if vectors else None)
-        report = quality.score_answer(evidence, self.calibration, body.threshold,
-                                      qcfg.repetition_ngram, qcfg.repetition_floor)
+        report = quality.score_answer(
+            evidence(pair.prompt, pair.answer, pair.finish_reason, likelihood, samples, vectors),
+            self.calibration, body.threshold, qcfg.repetition_ngram, qcfg.repetition_floor)
         named = self.tiers[tier] if tier is not None else None
         return self._finish_report(report, named and named.name, named and named.model_id,
                                    time.monotonic() - started, served=False).to_dict()
@@ -554,8 +556,8 @@ class QualityRouter:
     async def _draw_samples(self, tier: int, request: ChatCompletionRequest, k: int,
                             qcfg: QualityConfig) -> list[str] | None:
         generation = GenerationRequest(
-            request_id=new_id("samples"), messages=request.chat(),
-            sampling=Sampling(n=k, temperature=qcfg.sample_temperature))
+            request_id=new_id("samples"), sampling=Sampling(n=k, temperature=qcfg.sample_temperature),
+            **prompt_of(request))
         try:
             result = await asyncio.wait_for(self.tier_handles[tier].generate.remote(generation),
                                             self.config.generation_timeout_s)

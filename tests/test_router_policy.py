@@ -212,3 +212,15 @@ def test_n_and_client_logprobs_reach_the_engine():
     with pytest.raises(ValueError):
         ChatCompletionRequest.model_validate({
             "model": "m", "n": 2, "stream": True, "messages": [{"role": "user", "content": "x"}]})
+
+
+def test_evidence_splits_vectors_and_keeps_missing_as_none():
+    from deployments.protocol import TokenLogprob
+    from deployments.router import evidence
+
+    tokens = [TokenLogprob(token="a", logprob=-0.5, top=[("a", -0.5), ("b", -1.2)])]
+    e = evidence("q", "a", "stop", tokens, ["a", "b"], [[1.0], [2.0], [3.0], [4.0]])
+    assert e.prompt_vec == [1.0] and e.answer_vec == [2.0] and e.sample_vecs == [[3.0], [4.0]]
+    assert e.logprobs == [-0.5] and e.tops == [[-0.5, -1.2]] and e.cross_tier_logprobs is None
+    given = evidence("q", "a", "stop", None, None, None)
+    assert given.logprobs is None and given.samples is None and given.answer_vec is None

@@ -74,6 +74,7 @@ CASES = [
     ("score-no-pairs", Q, {"pairs": []}, {}, 400, "pairs"),
     ("score-pair-without-prompt", Q, {"pairs": [{"answer": "x"}]}, {}, 400, "pairs[0].prompt"),
     ("score-samples-without-model", Q, {"samples": 2, "pairs": [{"prompt": "q", "answer": "a"}]}, {}, 400, "samples"),
+    ("score-unknown-tier", Q, {"model": CHAT, "tier": "nope", "pairs": [{"prompt": "q", "answer": "a"}]}, {}, 400, "tier"),
     ("score-unknown-model", Q, {"model": "gpt-9", "pairs": [{"prompt": "q", "answer": "a"}]}, {}, 404, "model"),
     ("unknown-route", "/v1/nope", {}, {}, 404, "/v1/nope"),
 ]
