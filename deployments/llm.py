@@ -1,8 +1,9 @@
 """LLM deployment: one vLLM async engine (continuous batching) per replica.
 
-The router calls `stream` (token deltas) or `generate` (the whole answer). A caller that goes away
-cancels the Serve call; vLLM's generator then aborts the request in the engine, so a client
-disconnect frees its KV cache at once. Logprobs of the sampled tokens are always requested because
+The router calls `stream` (token deltas) or `generate` (the whole answer, `n` choices), both with
+the gate's consistency samples drawn alongside, and `likelihood` (a given answer's token logprobs,
+one prefill). A caller that goes away cancels the Serve call; vLLM's generator then aborts the
+request in the engine, so a client disconnect frees its KV cache at once. Logprobs of the sampled tokens are always requested because
 the quality gate needs them; the router strips them for clients that did not ask.
 """
 
@@ -217,12 +218,10 @@ class LLMDeployment:
                              f"{self.config.max_model_len}", code="context_length_exceeded")
         params = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=request.top_k)
         final = None
-        async for out in self._engine_outputs(ids, params, request.request_id):
-            final = out
-        out = []
-        for token_id, candidates in zip(answer_ids, final.prompt_logprobs[len(prompt_ids):]):
-            out.append(self._token_logprob(token_id, candidates or {}, request.top_k))
-        return out
+        async for step in self._engine_outputs(ids, params, request.request_id):
+            final = step
+        return [self._token_logprob(token_id, candidates or {}, request.top_k)
+                for token_id, candidates in zip(answer_ids, final.prompt_logprobs[len(prompt_ids):])]
 
     def _start_samples(self, request: GenerationRequest, prompt_ids: list[int]):
         """The consistency samples as a task running beside the client's choice, or None."""
