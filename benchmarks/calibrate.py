@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks import load
 from benchmarks.questions import Question, build_questions, judge, split_of
 
 ROOT = Path(__file__).resolve().parent
@@ -76,17 +77,17 @@ async def collect(url: str, concurrency: int, out: Path, tier: str | None) -> li
     from tqdm import tqdm
 
     questions = build_questions()
-    gate = asyncio.Semaphore(concurrency)
+    order = {q.id: i for i, q in enumerate(questions)}
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
         bar = tqdm(total=len(questions), desc="questions", unit="q")
 
-        async def one(q: Question) -> dict:
-            async with gate:
-                row = await ask(client, q, tier)
+        async def one(i: int) -> dict:
+            row = await ask(client, questions[i], tier)
             bar.update()
             return row
 
-        rows = await asyncio.gather(*(one(q) for q in questions))
+        rows, _ = await load.run_concurrent(one, len(questions), concurrency)
+        rows.sort(key=lambda r: order[r["id"]])  # the file in question order, as before
         bar.close()
         await cross_tier(client, rows, NEXT_TIER)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks import load
 from benchmarks.quality_gate import MAX_TOKENS, MODEL, RESULTS, pick_questions
 from benchmarks.questions import Question, judge
 from deployments.quality import consensus
@@ -33,21 +34,20 @@ async def texts(client: httpx.AsyncClient, q: Question, n: int, temperature: flo
 
 async def sweep(url: str, questions: list[Question], k: int, temperatures: list[float],
                 concurrency: int) -> dict:
-    gate = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
 
-        async def one(q: Question) -> dict:
-            async with gate:
-                greedy = (await texts(client, q, 1, 0.0))[0]
-                row = {"greedy": judge(q, greedy)}
-                for t in temperatures:
-                    samples = await texts(client, q, k, t)
-                    pool = [greedy, *samples]
-                    row[f"sample@{t}"] = sum(judge(q, s) for s in samples) / k
-                    row[f"consensus@{t}"] = judge(q, pool[consensus(pool, q.prompt)])
-                return row
+        async def one(i: int) -> dict:
+            q = questions[i]
+            greedy = (await texts(client, q, 1, 0.0))[0]
+            row = {"greedy": judge(q, greedy)}
+            for t in temperatures:
+                samples = await texts(client, q, k, t)
+                pool = [greedy, *samples]
+                row[f"sample@{t}"] = sum(judge(q, s) for s in samples) / k
+                row[f"consensus@{t}"] = judge(q, pool[consensus(pool, q.prompt)])
+            return row
 
-        rows = await asyncio.gather(*(one(q) for q in questions))
+        rows, _ = await load.run_concurrent(one, len(questions), concurrency)
     keys = rows[0].keys()
     return {"questions": len(rows), "k": k,
             "accuracy": {key: round(sum(r[key] for r in rows) / len(rows), 4) for key in keys}}

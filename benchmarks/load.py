@@ -14,8 +14,11 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import httpx
+
+T = TypeVar("T")
 
 PROMPTS = [
     "Write a short story about a lighthouse keeper.",
@@ -78,11 +81,12 @@ def summarize(samples: list[Sample], wall: float) -> dict:
     }
 
 
-async def run_concurrent(one: Callable[[int], Awaitable[Sample]], total: int,
-                         concurrency: int) -> tuple[list[Sample], float]:
-    """`total` calls of `one(i)`, at most `concurrency` at a time; returns samples and wall time."""
+async def run_concurrent(one: Callable[[int], Awaitable[T]], total: int,
+                         concurrency: int) -> tuple[list[T], float]:
+    """`total` calls of `one(i)`, at most `concurrency` at a time; returns their results (in the
+    order they finished) and the wall time."""
     queue = iter(range(total))
-    samples: list[Sample] = []
+    samples: list[T] = []
 
     async def worker():
         for i in queue:

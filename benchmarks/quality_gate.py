@@ -71,13 +71,9 @@ async def run(base: str, questions: list[Question], concurrency: int = 8, bar=No
     out: dict = {"questions": len(questions), "concurrency": concurrency, "policies": {}}
     async with httpx.AsyncClient(base_url=base, timeout=600) as client:
         for name, policy in POLICIES.items():
-            gate = asyncio.Semaphore(concurrency)
-
-            async def one(q: Question) -> dict:
-                async with gate:
-                    return await answer(client, q, policy)
-
-            rows = await asyncio.gather(*(one(q) for q in questions))
+            rows, _ = await load.run_concurrent(
+                lambda i, policy=policy: answer(client, questions[i], policy), len(questions),
+                concurrency)
             ok = [r for r in rows if r["ok"]]
             lat = [r["latency_s"] * 1000 for r in ok]
             out["policies"][name] = {

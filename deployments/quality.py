@@ -105,7 +105,10 @@ def content_words(text: str, prompt: str) -> list[str]:
 def normalised_answer(text: str, prompt: str) -> str:
     """What a short answer asserts: its last new number ("15 + 27 = 42" -> 42), else its first
     new name ("The capital city is Canberra." -> canberra), else its first new content word."""
-    words = content_words(text, prompt)
+    return _asserted(content_words(text, prompt))
+
+
+def _asserted(words: list[str]) -> str:
     numbers = [w for w in words if w.isdigit()]
     if numbers:
         return numbers[-1]
@@ -119,12 +122,13 @@ def consistency_signals(answer: str, samples: Sequence[str], prompt: str,
     """How much k independent samples agree with the answer (none: no signal)."""
     if not samples:
         return {}
-    key = normalised_answer(answer, prompt)
-    words = {w.lower() for w in content_words(answer, prompt)}
+    answer_words = content_words(answer, prompt)
+    key, words = _asserted(answer_words), {w.lower() for w in answer_words}
     agree, overlap = 0, 0.0
     for s in samples:
-        agree += bool(key) and normalised_answer(s, prompt) == key
-        other = {w.lower() for w in content_words(s, prompt)}
+        sample_words = content_words(s, prompt)
+        agree += bool(key) and _asserted(sample_words) == key
+        other = {w.lower() for w in sample_words}
         overlap += len(words & other) / len(words | other) if words | other else 1.0
     out = {"agreement": agree / len(samples), "overlap": overlap / len(samples)}
     if answer_vec is not None and sample_vecs:
