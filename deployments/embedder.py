@@ -2,7 +2,9 @@
 
 Concurrent requests are merged by `@serve.batch` into one `encode` call (one forward pass over all
 their strings), which is where the throughput comes from. `encode` runs in a worker thread so the
-replica's event loop keeps answering health checks while a large batch is encoded.
+replica's event loop keeps answering health checks while a large batch is encoded. The router's
+scoring calls (`embed_for_scoring`) have a batch queue of their own, so a gated answer never waits
+behind the clients' embedding traffic: its batch runs beside theirs.
 """
 
 from __future__ import annotations
@@ -20,6 +22,34 @@ from deployments.models import embedder_folder
 from deployments.protocol import BadRequest
 
 log = logging.getLogger("ray.serve")
+
+
+Embedded = tuple[np.ndarray, np.ndarray]  # vectors (one row per text), token count per text
+
+
+def split_rows(requests: list[list[str]], vectors: np.ndarray, tokens: np.ndarray) -> list[Embedded]:
+    """The rows of one merged encode, handed back to the requests they came from, in order."""
+    out, start = [], 0
+    for texts in requests:
+        end = start + len(texts)
+        out.append((vectors[start:end], tokens[start:end]))
+        start = end
+    return out
+
+
+def check_inputs(texts: list[str], config: EmbedderConfig) -> None:
+    """The limits of one embeddings request (checked by the router before it merges requests,
+    and by the embedder for any other caller)."""
+    if not texts:
+        raise BadRequest("input must not be empty", param="input")
+    if len(texts) > config.max_inputs:
+        raise BadRequest(f"at most {config.max_inputs} inputs per request", param="input")
+    longest = max(len(t) for t in texts)
+    if longest > config.max_input_chars:
+        raise BadRequest(
+            f"each input is limited to {config.max_input_chars} characters, got {longest}",
+            param="input",
+        )
 
 
 @serve.deployment
@@ -40,39 +70,38 @@ class EmbedderDeployment:
         self.dimensions = self.model.get_sentence_embedding_dimension()
         self.load_seconds = time.monotonic() - started
         self.started_at = time.time()
-        self._encode_batch.set_max_batch_size(config.max_batch_size)
-        self._encode_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        for queue in (self._encode_batch, self._scoring_batch):
+            queue.set_max_batch_size(config.max_batch_size)
+            queue.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         metrics.observe("graphserve_model_load_seconds", self.load_seconds, model=config.model_id)
         log.info("embedder %s loaded from %s on %s in %.1f s (%d dims)",
                  config.model_id, folder, device, self.load_seconds, self.dimensions)
 
-    async def embed(self, texts: list[str]) -> tuple[np.ndarray, int]:
-        """L2-normalised float32 vectors, one row per text, and the token count for `usage`."""
-        if not texts:
-            raise BadRequest("input must not be empty", param="input")
-        if len(texts) > self.config.max_inputs:
-            raise BadRequest(f"at most {self.config.max_inputs} inputs per request", param="input")
-        longest = max(len(t) for t in texts)
-        if longest > self.config.max_input_chars:
-            raise BadRequest(
-                f"each input is limited to {self.config.max_input_chars} characters, got {longest}",
-                param="input",
-            )
+    async def embed(self, texts: list[str]) -> Embedded:
+        """L2-normalised float32 vectors, one row per text, and each text's token count."""
+        check_inputs(texts, self.config)
         return await self._encode_batch(texts)
 
+    async def embed_for_scoring(self, texts: list[str]) -> Embedded:
+        """`embed` for the router's quality gate, in its own batch queue (its texts are bounded by
+        the router: a prompt, an answer and its samples)."""
+        return await self._scoring_batch(texts)
+
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
-    async def _encode_batch(self, requests: list[list[str]]) -> list[tuple[np.ndarray, int]]:
+    async def _encode_batch(self, requests: list[list[str]]) -> list[Embedded]:
+        return await self._encode_requests(requests)
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
+    async def _scoring_batch(self, requests: list[list[str]]) -> list[Embedded]:
+        return await self._encode_requests(requests)
+
+    async def _encode_requests(self, requests: list[list[str]]) -> list[Embedded]:
         flat = [t for texts in requests for t in texts]
         started = time.monotonic()
         vectors, tokens = await asyncio.to_thread(self._encode, flat)
         metrics.observe("graphserve_embedder_batch_latency_seconds", time.monotonic() - started)
         metrics.observe("graphserve_embedder_batch_size", len(flat))
-        out, start = [], 0
-        for texts in requests:
-            end = start + len(texts)
-            out.append((vectors[start:end], int(tokens[start:end].sum())))
-            start = end
-        return out
+        return split_rows(requests, vectors, tokens)
 
     def _encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         vectors = self.model.encode(

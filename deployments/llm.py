@@ -10,10 +10,14 @@ the quality gate needs them; the router strips them for clients that did not ask
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import os
+import tempfile
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from ray import serve
 
@@ -79,15 +83,46 @@ def resolve_max_tokens(sampling: Sampling, config: LLMConfig, prompt_tokens: int
     return sampling.max_tokens
 
 
+@contextlib.asynccontextmanager
+async def loading_in_turn(turn: int, app: str):
+    """Engines of one app on one CPU host load one after another, in tier order: two loads at once
+    share the cores and both finish late, so in turn the first tier serves in about half the time
+    (benchmarks/overhead.py: cold start). Each turn holds an flock in /tmp while it loads and waits
+    for the earlier turns' locks on this host; engines on other hosts have cores of their own and
+    do not wait. A turn whose predecessors have not started yet simply goes first."""
+    folder = Path(tempfile.gettempdir()) / f"graphserve-load-{app}"
+    folder.mkdir(exist_ok=True)
+    mine = open(folder / f"{turn}.lock", "w")
+    try:
+        await asyncio.to_thread(fcntl.flock, mine, fcntl.LOCK_EX)
+        for earlier in range(turn):
+            path = folder / f"{earlier}.lock"
+            if path.exists():
+                with open(path) as held:
+                    await asyncio.to_thread(fcntl.flock, held, fcntl.LOCK_SH)
+        yield
+    finally:
+        mine.close()  # releases the lock
+
+
 @serve.deployment
 class LLMDeployment:
-    async def __init__(self, config: LLMConfig):
+    async def __init__(self, config: LLMConfig, load_turn: int = 0):
         import torch
 
         self.config = config
-        started = time.monotonic()
         folder = llm_folder(config.model_source)  # a missing model fails here, before vLLM starts
         has_cuda = torch.cuda.is_available()
+        if has_cuda:  # each engine on its own GPU share: load at once
+            await self._load(config, folder, has_cuda)
+            return
+        async with loading_in_turn(load_turn, serve.get_replica_context().app_name):
+            await self._load(config, folder, has_cuda)
+
+    async def _load(self, config: LLMConfig, folder: Path, has_cuda: bool) -> None:
+        import torch
+
+        started = time.monotonic()
         if not has_cuda:
             # Ray sets OMP_NUM_THREADS from num_cpus (1 by default): give the engine its threads on
             # purpose, and let the OS place them (vLLM's auto-binding pins to a fixed core list,
@@ -166,24 +201,23 @@ class LLMDeployment:
         prompt_ids = self._prompt_ids(request)
         params = self._sampling_params(request.sampling, len(prompt_ids), request.signal_top_k)
         samples = self._start_samples(request, prompt_ids)
-        produced, held = 0, None
+        produced = 0
         try:
+            # Each delta goes out as the engine makes it (holding one back for the samples cost
+            # a whole stream interval of TTFT); the engine flags the last one.
             async for out in self._engine_outputs(prompt_ids, params, request.request_id):
                 choice = out.outputs[0]
                 produced += len(choice.token_ids)
-                if held is not None:
-                    yield held
-                held = GenerationDelta(
+                delta = GenerationDelta(
                     text=choice.text,
                     logprobs=self._logprobs(choice, params.logprobs),
                     finish_reason=choice.finish_reason if out.finished else None,
                     prompt_tokens=len(prompt_ids),
                     completion_tokens=produced,
                 )
-            if held is not None:
-                if samples is not None:
-                    held.samples = await samples
-                yield held
+                if out.finished and samples is not None:
+                    delta.samples = await samples
+                yield delta
         finally:
             if samples is not None and not samples.done():
                 samples.cancel()

@@ -2,7 +2,7 @@
 
 Requests are validated here so routes stay thin; a validation failure becomes a 400 whose
 `param` names the offending field. Every client-visible failure is an `APIError` subclass that
-knows its status and OpenAI error body; the ingress maps them in one handler.
+knows its status and OpenAI error body; the router maps them in one handler.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ class APIError(Exception):
     status = 500
     type = "server_error"
     code: str | None = None
+    retry_after_s: int | None = None  # seconds, sent as Retry-After
 
     def __init__(self, message: str, param: str | None = None, code: str | None = None,
                  retry_after_s: int | None = None):
@@ -31,7 +32,7 @@ class APIError(Exception):
         self.message = message
         self.param = param
         self.code = code or self.code
-        self.retry_after_s = retry_after_s
+        self.retry_after_s = retry_after_s or self.retry_after_s
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.type, self.param, self.code)
@@ -74,11 +75,21 @@ class UnsupportedMediaType(APIError):
 
 
 class Overloaded(APIError):
-    status, type, code = 429, "rate_limit_error", "overloaded"
+    """Busy: a queue is full, so retrying soon will work (Serve's own backpressure answer too)."""
+
+    status, type, code, retry_after_s = 429, "rate_limit_error", "overloaded", 1
 
 
 class ServiceUnavailable(APIError):
-    status, type, code = 503, "service_unavailable", "service_unavailable"
+    """Down: no replica can answer until one is replaced or loaded."""
+
+    status, type, code, retry_after_s = 503, "service_unavailable", "service_unavailable", 5
+
+
+class ClientClosedRequest(APIError):
+    """The client went away before the answer (nginx's 499): its work was cancelled."""
+
+    status, type, code = 499, "client_closed_request", "client_closed_request"
 
 
 class RequestTimeout(APIError):
@@ -145,6 +156,13 @@ class ChatMessage(Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+
+    @model_validator(mode="after")
+    def _content_present(self) -> ChatMessage:
+        # Only an assistant turn may have no content (OpenAI: it made tool calls instead).
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a {self.role} message needs content")
+        return self
 
     def text(self) -> str:
         """Text content; image/audio parts are refused rather than silently dropped."""

@@ -1,570 +1,339 @@
-"""QualityRouter: generate, score the answer, and act on the score.
+"""Router: the one deployment in front of the models. The OpenAI-compatible HTTP API and the
+quality gate (`gate.py`) share its process, so a request crosses proxy -> router -> LLM tier.
 
-Policy, in order: the tier the client named (by model id) tries first; below the threshold it
-retries in the same tier (a new seed, a lower temperature), then escalates to the next, stronger
-tier; the best-scoring answer is returned with its report. A tier that is down is skipped, an
-embedder that is down makes scoring go on without relevance, and only when every tier is down does
-the client get a 503. The plan and the gate are plain functions (`plan_attempts`, `run_gated`), so
-the policy is unit-tested with fake tiers and no Ray.
+Routes parse, hand the request to the gate and format its answer. Bodies are read with a size limit
+and validated by the models in `protocol.py`; every failure (ours, the engine's, Ray's) is turned
+into the OpenAI error body by `error_response`, the one place that maps exceptions to HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hmac
+import json
 import logging
-import random
+import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from typing import TypeVar
 
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ValidationError
 from ray import serve
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-from ray.serve.exceptions import (
-    BackPressureError,
-    DeploymentUnavailableError,
-    ReplicaUnavailableError,
-)
+from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments import metrics, quality
-from deployments.config import LLMConfig, QualityConfig, RouterConfig, model_ids
+from deployments.config import EmbedderConfig, LLMConfig, RouterConfig, model_ids
+from deployments.embedder import Embedded, check_inputs
+from deployments.gate import UNAVAILABLE, Gate, api_error
+from deployments.metrics import RequestMetrics
 from deployments.protocol import (
     APIError,
     BadRequest,
-    Candidate,
     ChatCompletionRequest,
+    ClientClosedRequest,
     CompletionRequest,
-    GenerationDelta,
-    GenerationRequest,
-    GenerationResult,
-    LikelihoodRequest,
+    EmbeddingRequest,
     ModelNotFound,
-    Overloaded,
+    PayloadTooLarge,
     QualityScoreRequest,
-    Sampling,
-    ScorePair,
-    ServiceUnavailable,
-    TokenLogprob,
+    RequestTimeout,
+    Unauthorized,
+    UnsupportedMediaType,
+    chat_logprobs,
+    chat_response,
+    completion_logprobs,
+    completion_response,
+    error_body,
     new_id,
+    usage,
 )
 
 log = logging.getLogger("ray.serve")
-
-# Failures that mean "this deployment cannot answer now", as opposed to "this request is bad".
-UNAVAILABLE = (
-    DeploymentUnavailableError, ReplicaUnavailableError, BackPressureError, RayActorError,
-    ActorDiedError, ActorUnavailableError, ServiceUnavailable, asyncio.TimeoutError,
-)
-
-
-class TierUnavailable(Exception):
-    """A tier could not take this attempt: down (no replica, replica died, timed out) or busy
-    (its queue is full: Serve's backpressure)."""
-
-    def __init__(self, tier: str, busy: bool = False):
-        super().__init__(tier)
-        self.busy = busy
+app = FastAPI(title="graphserve", docs_url=None, redoc_url=None)
+ROUTES = frozenset({"/health", "/v1/models", "/v1/chat/completions", "/v1/completions",
+                    "/v1/embeddings", "/v1/quality/score"})
+app.add_middleware(RequestMetrics, routes=ROUTES)
+Body = TypeVar("Body", bound=BaseModel)
 
 
-def no_tier_error(some_busy: bool) -> APIError:
-    """The answer when no tier could take a request: 429 when one is only full (retrying soon
-    will work), 503 when every tier is down."""
-    if some_busy:
-        return Overloaded("every LLM tier is at capacity; retry shortly", retry_after_s=1)
-    return ServiceUnavailable("no LLM tier is available to answer; try again shortly",
-                              code="llm_unavailable", retry_after_s=5)
+def error_response(exc: BaseException) -> JSONResponse:
+    err = api_error(exc)
+    headers = {"retry-after": str(err.retry_after_s)} if err.retry_after_s else None
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
-class Availability:
-    """What the router knows of each downstream deployment: its last probe, or a failed call.
-
-    A deployment marked down is skipped at once instead of waited on: Serve queues calls to a
-    deployment whose replicas are restarting, and the first call through a fresh handle to a failed
-    deployment waits forever rather than raising. The next probe that answers brings it back.
-    """
-
-    def __init__(self, names: list[str]):
-        self.state: dict[str, dict] = {n: {"status": "starting"} for n in names}
-
-    def up(self, name: str, info: dict) -> None:
-        self.state[name] = {"status": "ok", **info}
-
-    def down(self, name: str, error: BaseException) -> None:
-        """A failed probe or call. Only an explicit failure (no replica, dead actor, dead engine)
-        is down. A full queue is busy; a timeout is slow, not down: under a burst the probe
-        waits behind hundreds of requests (a 1,280-request burst here made both tiers look down
-        and turned 429s into 503s), and a replica that really hangs fails Serve's own health
-        check and is replaced. A deployment still loading its model stays "starting"."""
-        was = self.state[name]["status"]
-        if isinstance(error, BackPressureError):
-            return
-        if isinstance(error, asyncio.TimeoutError):
-            if was != "starting":
-                self.state[name] = {**self.state[name], "status": "slow", "error": "TimeoutError"}
-            return
-        self.state[name] = {**self.state[name], "status": "unavailable",
-                            "error": type(error).__name__}
-        if was != "unavailable":
-            log.warning("%s is unavailable (%s)", name, type(error).__name__)
-
-    def is_down(self, name: str) -> bool:
-        return self.state[name]["status"] == "unavailable"
+async def _error(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(exc)
 
 
-# ---------------------------------------------------------------------------------------------
-# Policy (pure)
-# ---------------------------------------------------------------------------------------------
+# Known failures get their own handlers: Starlette re-raises whatever reaches the catch-all
+# `Exception` handler, and Serve's proxy may then replace our body with its own plain text.
+for _known in {APIError, RayTaskError, *UNAVAILABLE}:
+    app.add_exception_handler(_known, _error)
+app.add_exception_handler(Exception, _error)  # the unexpected: a 500 with the OpenAI body
 
 
-@dataclass
-class Attempt:
-    tier: int
-    sampling: Sampling
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
+    return JSONResponse(error_body(f"{request.method} {request.url.path}: {exc.detail}", kind),
+                        status_code=exc.status_code)
 
 
-@dataclass
-class Outcome:
-    result: GenerationResult
-    report: quality.QualityReport | None
+async def read_json(request: Request, model: type[Body], limit: int) -> Body:
+    """The request body, size-limited, decoded and validated; failures name the field."""
+    if "json" not in request.headers.get("content-type", "application/json"):
+        raise UnsupportedMediaType("the body must be JSON (content-type: application/json)")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BadRequest("the body is not valid UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise BadRequest(f"the body is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    try:  # strict: JSON types as OpenAI types them ("yes" is not a boolean, "5" not an integer)
+        return model.model_validate_json(raw, strict=True)
+    except ValidationError as e:
+        first = e.errors()[0]
+        param = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"]).lstrip(".")
+        message = first["msg"].removeprefix("Value error, ")
+        raise BadRequest(f"{param or 'body'}: {message}", param=param or None) from None
 
 
-def plan_attempts(
-    entry: int,
-    tier_temperatures: list[float],
-    sampling: Sampling,
-    attempts_per_tier: int,
-    max_attempts: int,
-    retry_temperature_factor: float,
-) -> list[Attempt]:
-    """Every attempt the gate may make, in order: retries in a tier, then the next tier."""
-    plan: list[Attempt] = []
-    for tier in range(entry, len(tier_temperatures)):
-        temperature = tier_temperatures[tier] if sampling.temperature is None else sampling.temperature
-        for retry in range(attempts_per_tier):
-            if len(plan) == max_attempts:
-                return plan
-            if retry == 0:
-                plan.append(Attempt(tier, sampling))
-                continue
-            if temperature == 0:
-                break  # greedy decoding would only repeat the same answer: escalate instead
-            temperature *= retry_temperature_factor
-            seed = random.getrandbits(31) if sampling.seed is None else sampling.seed + retry
-            plan.append(Attempt(tier, sampling.model_copy(
-                update={"temperature": temperature, "seed": seed})))
-    return plan
+async def client_gone(request: Request) -> None:
+    """Returns when the client closes the connection (its body has been read by then)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
-async def run_gated(
-    plan: list[Attempt],
-    generate: Callable[[Attempt], Awaitable[GenerationResult]],
-    score: Callable[[GenerationResult],
-                    Awaitable[tuple[GenerationResult, quality.QualityReport]]] | None,
-    max_attempts: int | None = None,
-) -> Outcome:
-    """Runs the plan until an answer passes or `max_attempts` answers were made; returns the best.
-
-    `generate` raises TierUnavailable for a tier that is down: its remaining attempts are skipped,
-    and they do not count against `max_attempts` (a down entry tier still lets the next answer).
-    With `score` None the gate is off and the first answer is returned unscored. `score` may
-    hand back another answer than it was given (a consensus tier's pick among its samples).
-    """
-    candidates: list[Outcome] = []
-    down: set[int] = set()
-    busy: list[bool] = []
-    for attempt in plan:
-        if attempt.tier in down:
-            continue
-        try:
-            result = await generate(attempt)
-        except TierUnavailable as e:
-            down.add(attempt.tier)
-            busy.append(e.busy)
-            continue
-        if score is None:
-            return Outcome(result, None)
-        result, report = await score(result)
-        candidates.append(Outcome(result, report))
-        report.attempts = len(candidates)
-        if report.passed or len(candidates) == max_attempts:
-            break
-    if not candidates:
-        raise no_tier_error(any(busy))
-    chosen = candidates[quality.best([c.report for c in candidates])]
-    chosen.report.attempts = len(candidates)
-    return chosen
-
-
-def relevance_text(request: ChatCompletionRequest | CompletionRequest) -> str:
-    """What the answer should be relevant to: the last user turn (or the raw prompt)."""
-    if isinstance(request, CompletionRequest):
-        return request.prompt
-    users = [m.text() for m in request.messages if m.role == "user"]
-    return users[-1] if users else request.messages[-1].text()
-
-
-def sampling_of(request: ChatCompletionRequest | CompletionRequest) -> Sampling:
-    stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
-    return Sampling(
-        n=request.n, max_tokens=request.max_tokens, temperature=request.temperature,
-        top_p=request.top_p, stop=stop, seed=request.seed,
-        presence_penalty=request.presence_penalty or 0.0,
-        frequency_penalty=request.frequency_penalty or 0.0, top_logprobs=request.top_logprobs_asked(),
-    )
-
-
-def prompt_of(request: ChatCompletionRequest | CompletionRequest) -> dict:
-    """The prompt fields of a tier request: chat messages, or the raw completion prompt."""
-    if isinstance(request, ChatCompletionRequest):
-        return {"messages": request.chat()}
-    return {"prompt": request.prompt}
-
-
-def evidence(prompt: str, answer: str, finish_reason: str | None,
-             tokens: list[TokenLogprob] | None, samples: list[str] | None,
-             vectors: list[list[float]] | None,
-             cross: list[TokenLogprob] | None = None) -> quality.Evidence:
-    """What the scorer needs, as plain data. `vectors`: prompt, answer, then one per sample."""
-    return quality.Evidence(
-        prompt=prompt, answer=answer, finish_reason=finish_reason,
-        logprobs=[t.logprob for t in tokens] if tokens is not None else None,
-        tops=[[lp for _, lp in t.top] for t in tokens or []],
-        samples=samples, prompt_vec=vectors[0] if vectors else None,
-        answer_vec=vectors[1] if vectors else None, sample_vecs=vectors[2:] if vectors else None,
-        cross_tier_logprobs=[t.logprob for t in cross] if cross else None,
-    )
-
-
-def chosen_by_consensus(result: GenerationResult, index: int) -> GenerationResult:
-    """The result with candidate `index` (0: the answer, i > 0: sample i - 1) as its answer."""
-    if index == 0:
-        return result
-    pool = [result.choices[0], *result.samples]
-    return result.model_copy(update={
-        "choices": [pool[index], *result.choices[1:]],
-        "samples": [c for i, c in enumerate(pool) if i != index]})
-
-
-# ---------------------------------------------------------------------------------------------
-# Deployment
-# ---------------------------------------------------------------------------------------------
+def sse(data: dict | str) -> bytes:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
 
 
 @serve.deployment
-class QualityRouter:
+@serve.ingress(app)
+class Router:
     async def __init__(self, config: RouterConfig, tiers: list[LLMConfig],
-                       tier_handles: list[DeploymentHandle], embedder: DeploymentHandle,
-                       embedder_name: str):
+                       tier_handles: list[DeploymentHandle], embedder_config: EmbedderConfig,
+                       embedder: DeploymentHandle):
         self.config = config
-        self.tiers = tiers
-        self.tier_handles = tier_handles
+        self.embedder_config = embedder_config
+        self.tier_names = [t.name for t in tiers]
+        self.model_ids = model_ids(tiers)
         self.embedder = embedder
-        self.embedder_name = embedder_name
-        self.calibration = quality.Calibration.load(config.quality.calibration_file)
-        self.downstream = {**{t.name: h for t, h in zip(tiers, tier_handles)}, embedder_name: embedder}
-        self.availability = Availability(list(self.downstream))
-        self._probes = [asyncio.create_task(self._watch(n, h)) for n, h in self.downstream.items()]
+        # Its probes make each handle's first call now, off the request path: a fresh handle's
+        # first call to a deployment that failed to start would wait forever.
+        self.gate = Gate(config, tiers, tier_handles, embedder, embedder_config.name)
+        # Read from the environment, never from the YAML, so the key is not in version control.
+        self.api_key = os.environ.get(config.api_key_env) or None
 
-    async def _watch(self, name: str, handle: DeploymentHandle) -> None:
-        """Probe one downstream deployment's `info` on a fixed period, forever."""
-        while True:
-            try:
-                info = await asyncio.wait_for(handle.info.remote(), self.config.probe_timeout_s)
-            except Exception as e:  # a probe reports a failure, it never raises one
-                self.availability.down(name, e)
-            else:
-                self.availability.up(name, info)
-            await asyncio.sleep(self.config.probe_interval_s)
+    def _authorize(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                                 self.api_key.encode()):
+            raise Unauthorized("a valid API key is required (Authorization: Bearer <key>)")
 
-    def _failed(self, name: str, error: BaseException) -> None:
-        """A call failed: a dead or missing deployment is down now; a slow one is left to the probe."""
-        if name != self.embedder_name:
-            metrics.inc("graphserve_tier_unavailable", tier=name)
-        if not isinstance(error, asyncio.TimeoutError):
-            self.availability.down(name, error)
+    async def _bounded(self, awaitable, request: Request | None = None):
+        """A downstream call with the request timeout; its failures become our API errors here,
+        because Serve installs its own FastAPI handlers for BackPressureError and
+        DeploymentUnavailableError, which would answer with a plain-text body. With `request`, a
+        client that goes away cancels the call (and so the engine's work): HTTP served by the
+        replica itself (direct ingress) does not cancel a handler when its client disconnects."""
+        work = asyncio.ensure_future(asyncio.wait_for(awaitable, self.config.request_timeout_s))
+        gone = asyncio.ensure_future(client_gone(request)) if request is not None else None
+        try:
+            if gone is not None:
+                await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not work.done():
+                    raise ClientClosedRequest("the client closed the connection")
+            return await work
+        except asyncio.TimeoutError:
+            raise RequestTimeout(
+                f"the request took longer than {self.config.request_timeout_s:.0f} s"
+            ) from None
+        except APIError:
+            raise
+        except Exception as e:
+            raise api_error(e) from None
+        finally:
+            for task in (work, gone):
+                if task is not None:
+                    task.cancel()
 
-    def status(self) -> dict[str, dict]:
-        """The last probe of each tier and of the embedder, for /health (no call downstream)."""
-        return self.availability.state
+    # -- routes -----------------------------------------------------------------------------
 
-    def _entry_tier(self, model: str, override=None, param: str = "quality.tier") -> int:
-        """The first tier serving `model`, or the one named by `override.tier` (a request's
-        `quality.tier`, or `/v1/quality/score`'s `tier`)."""
-        named = getattr(override, "tier", None)
-        for i, tier in enumerate(self.tiers):
-            if (model == tier.model_id) and named in (None, tier.name):
-                return i
-        if named is not None:
-            raise BadRequest(f"no tier named {named!r} serves {model!r}; tiers: "
-                             f"{', '.join(t.name for t in self.tiers)}", param=param)
-        raise ModelNotFound.named(model, model_ids(self.tiers))
+    @app.get("/health")
+    async def health(self) -> JSONResponse:
+        """Per deployment: the gate's last probe (model, load time, uptime) and Serve's replicas.
 
-    def _quality_config(self, request) -> tuple[QualityConfig, int, str]:
-        """The gate for this request: config defaults with the client's override on top."""
-        cfg, override = self.config.quality, request.quality
-        attempts = self.config.max_attempts_per_tier * len(self.tiers)
-        mode = self.config.gate_mode
-        if override is not None:
-            update = {k: v for k, v in {"enabled": override.enabled, "threshold": override.threshold,
-                                        "samples": override.samples}.items() if v is not None}
-            cfg = cfg.model_copy(update=update)
-            attempts = override.max_attempts or attempts
-            mode = override.gate_mode or mode
-        return cfg, attempts, mode
-
-    # -- generation -------------------------------------------------------------------------
-
-    async def complete(self, request: ChatCompletionRequest | CompletionRequest,
-                       request_id: str) -> tuple[GenerationResult, dict | None]:
-        """Non-streaming: the gated answer and its quality report."""
-        outcome = await self._gated(request, request_id)
-        return outcome.result, self._report(outcome)
-
-    async def stream(self, request: ChatCompletionRequest | CompletionRequest,
-                     request_id: str) -> AsyncIterator[dict]:
-        """Events: {"start": tier/model}, {"delta": GenerationDelta}..., {"quality": report}.
-
-        'report' mode streams the first attempt at once and scores it at the end (its consistency
-        samples are drawn meanwhile; a consensus tier cannot swap an answer already sent);
-        'buffered' mode runs the whole gate first, then sends the chosen answer (TTFT = full
-        generation).
+        200 while at least one LLM tier can answer ("ok", or "degraded" when something is down or
+        slow to answer its probe), 503 when none can.
         """
-        qcfg, _, mode = self._quality_config(request)
-        if mode == "buffered":
-            outcome = await self._gated(request, request_id)
-            result = outcome.result
-            yield {"start": {"tier": result.tier, "model": result.model_id}}
-            yield {"delta": GenerationDelta(
-                text=result.text, logprobs=result.logprobs, finish_reason=result.finish_reason,
-                prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)}
-            yield {"quality": self._report(outcome)}
-            return
-        entry = self._entry_tier(request.model, request.quality)
-        busy: list[bool] = []
-        for tier in range(entry, len(self.tiers)):
-            name = self.tiers[tier].name
-            if self.availability.is_down(name):
-                metrics.inc("graphserve_tier_unavailable", tier=name)
-                busy.append(False)
-                continue
-            started = time.monotonic()
-            generation = self._generation(request, request_id, sampling_of(request), tier, qcfg)
-            stream = self.tier_handles[tier].options(stream=True).stream.remote(generation)
+        probes = self.gate.status()
+        try:
+            serve_status = await asyncio.wait_for(asyncio.to_thread(serve.status), 5)
+        except Exception as e:  # Serve's view is extra detail; the probes decide the status
+            serve_status = e
+        deployments = {
+            **{t: {"role": "llm", **probes.get(t, {"status": "unknown"})} for t in self.tier_names},
+            self.embedder_config.name: {"role": "embedder",
+                                        **probes.get(self.embedder_config.name, {"status": "unknown"})},
+            self.config.name: {"role": "router", "status": "ok"},
+        }
+        if not isinstance(serve_status, BaseException):
+            app_status = serve_status.applications.get(serve.get_replica_context().app_name)
+            for name, overview in (app_status.deployments if app_status else {}).items():
+                if name in deployments:
+                    deployments[name]["serve_status"] = overview.status.value
+                    deployments[name]["replicas"] = {
+                        state.value if hasattr(state, "value") else str(state): count
+                        for state, count in overview.replica_states.items()}
+        llm_ok = any(deployments[t]["status"] in ("ok", "slow") for t in self.tier_names)
+        all_ok = all(d["status"] == "ok" for d in deployments.values())
+        status = "ok" if all_ok else "degraded" if llm_ok else "unavailable"
+        return JSONResponse({"status": status, "deployments": deployments},
+                            status_code=200 if llm_ok else 503)
+
+    @app.get("/v1/models")
+    async def models(self, request: Request) -> JSONResponse:
+        self._authorize(request)
+        ids = [*self.model_ids, self.embedder_config.model_id]
+        return JSONResponse({"object": "list", "data": [
+            {"id": i, "object": "model", "created": 0, "owned_by": "graphserve"} for i in ids
+        ]})
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request):
+        self._authorize(request)
+        body = await read_json(request, ChatCompletionRequest, self.config.max_body_bytes)
+        return await self._generate(request, body, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(self, request: Request):
+        self._authorize(request)
+        body = await read_json(request, CompletionRequest, self.config.max_body_bytes)
+        return await self._generate(request, body, chat=False)
+
+    async def _generate(self, request: Request, body, chat: bool):
+        if body.model not in self.model_ids:  # a 404 here spares the router a traceback
+            raise ModelNotFound.named(body.model, self.model_ids)
+        # Serve's proxy sets x-request-id (the client's, or a new one) and tags its logs with it.
+        rid = request.headers.get("x-request-id") or new_id("chatcmpl" if chat else "cmpl")
+        top = body.top_logprobs_asked()
+        if body.stream:
+            return await self._stream(rid, body, chat, top)
+        result, report = await self._bounded(self.gate.complete(body, rid), request)
+        make = chat_response if chat else completion_response
+        # Serve's proxy puts x-request-id on every response; adding it here would duplicate it.
+        headers = {"x-served-by": f"{result.tier}/{result.model_id}"}
+        if report is not None:
+            headers["x-quality-score"] = f"{report['score']:.4f}"
+        return JSONResponse(make(rid, result, top, report), headers=headers)
+
+    async def _stream(self, rid: str, body, chat: bool, top: int | None) -> StreamingResponse:
+        events = self.gate.stream(body, rid)
+        # Wait for the first event before answering, so a failure is still a proper HTTP error.
+        try:
+            start = (await self._bounded(events.__anext__()))["start"]
+        except BaseException:
+            await events.aclose()
+            raise
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        created, model = int(time.time()), start["model"]
+
+        def chunk(delta_text: str | None, logprobs, finish, extra=None, role=False) -> dict:
+            if chat:
+                delta = {"role": "assistant"} if role else {}
+                if delta_text is not None:
+                    delta["content"] = delta_text
+                choice = {"index": 0, "delta": delta, "finish_reason": finish,
+                          "logprobs": chat_logprobs(logprobs, top) if top is not None and logprobs else None}
+            else:
+                choice = {"index": 0, "text": delta_text or "", "finish_reason": finish,
+                          "logprobs": (completion_logprobs(logprobs, top)
+                                       if top is not None and logprobs else None)}
+            out = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                   "created": created, "model": model, "choices": [choice]}
+            return {**out, **(extra or {})}
+
+        async def body_iter():
+            last, report = None, None  # the last delta carries finish reason and token counts
             try:
-                first = await asyncio.wait_for(stream.__anext__(), self.config.first_token_timeout_s)
-            except UNAVAILABLE as e:
-                stream.cancel()
-                self._failed(name, e)
-                busy.append(isinstance(e, BackPressureError))
-                log.warning("[%s] tier %s unavailable (%s); trying the next",
-                            request_id, name, type(e).__name__)
-                continue
-            except StopAsyncIteration:
-                first = GenerationDelta(finish_reason="stop")
-            break
+                if chat:
+                    yield sse(chunk("", None, None, role=True))
+                async for event in events:
+                    if "delta" in event:
+                        last = event["delta"]
+                        if last.text:
+                            yield sse(chunk(last.text, last.logprobs, None))
+                    elif "quality" in event:
+                        report = {"quality": event["quality"]}
+            except Exception as e:  # the status line is sent already: report the error in-band
+                yield sse(api_error(e).body())
+                yield sse("[DONE]")
+                return
+            # The quality report rides on the last chunk before [DONE].
+            yield sse(chunk(None, None, last.finish_reason if last else "stop",
+                            None if include_usage else report))
+            if include_usage and last is not None:
+                yield sse({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                           "created": created, "model": model, "choices": [],
+                           "usage": usage(last.prompt_tokens, last.completion_tokens), **(report or {})})
+            yield sse("[DONE]")
+
+        headers = {"x-served-by": f"{start['tier']}/{start['model']}",
+                   "cache-control": "no-cache"}
+        return StreamingResponse(body_iter(), media_type="text/event-stream", headers=headers)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(self, request: Request) -> JSONResponse:
+        self._authorize(request)
+        body = await read_json(request, EmbeddingRequest, self.config.max_body_bytes)
+        if body.model != self.embedder_config.model_id:
+            raise ModelNotFound.named(body.model, [self.embedder_config.model_id], "embedding model")
+        vectors, tokens = await self._bounded(self._embed(body.texts()), request)
+        if body.dimensions is not None and body.dimensions != vectors.shape[1]:
+            raise BadRequest(f"this model returns {vectors.shape[1]} dimensions; "
+                             "other sizes are not supported", param="dimensions")
+        if body.encoding_format == "base64":
+            encoded = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
         else:
-            raise no_tier_error(any(busy))
-        cfg = self.tiers[tier]
-        yield {"start": {"tier": cfg.name, "model": cfg.model_id}}
-        deltas = [first]
-        yield {"delta": first}
-        async for delta in stream:
-            deltas.append(delta)
-            yield {"delta": delta}
-        if not qcfg.enabled:
-            return
-        last = deltas[-1]
-        result = GenerationResult(
-            choices=[Candidate(text="".join(d.text for d in deltas),
-                               logprobs=[lp for d in deltas for lp in d.logprobs],
-                               finish_reason=last.finish_reason,
-                               completion_tokens=last.completion_tokens)],
-            samples=last.samples, prompt_tokens=last.prompt_tokens, model_id=cfg.model_id,
-            tier=cfg.name,
-        )
-        generation_ms = (time.monotonic() - started) * 1000
-        _, report = await self._judge(request, result, qcfg, tier, consensus=False)
-        report.timing = {"generation_ms": round(generation_ms, 1),
-                         "scoring_ms": report.timing["scoring_ms"],
-                         "tokens": result.tokens_generated}
-        yield {"quality": self._report(Outcome(result, report))}
+            encoded = vectors.astype(np.float64).tolist()
+        return JSONResponse({
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)],
+            "model": body.model,
+            "usage": {"prompt_tokens": int(tokens.sum()), "total_tokens": int(tokens.sum())},
+        })
 
-    async def _gated(self, request, request_id: str) -> Outcome:
-        qcfg, max_attempts, _ = self._quality_config(request)
-        entry = self._entry_tier(request.model, request.quality)
-        every = self.config.max_attempts_per_tier * len(self.tiers)
-        plan = plan_attempts(
-            entry, [t.sampling.temperature for t in self.tiers], sampling_of(request),
-            self.config.max_attempts_per_tier, every, self.config.retry_temperature_factor,
-        )
-        counter = iter(range(len(plan)))
-        spent = {"generation_ms": 0.0, "scoring_ms": 0.0, "tokens": 0}
-        tried: list[int] = []
+    async def _embed(self, texts: list[str]) -> Embedded:
+        """The request's limits are checked here, at the edge; the embedder merges concurrent
+        calls into one encode (`@serve.batch`), and its autoscaler sees each call as load."""
+        check_inputs(texts, self.embedder_config)
+        return await self.embedder.embed.remote(texts)
 
-        async def generate(attempt: Attempt) -> GenerationResult:
-            name = self.tiers[attempt.tier].name
-            if self.availability.is_down(name):
-                metrics.inc("graphserve_tier_unavailable", tier=name)
-                raise TierUnavailable(name)
-            if tried:
-                kind = "retries" if tried[-1] == attempt.tier else "escalations"
-                metrics.inc(f"graphserve_quality_{kind}", tier=name)
-            tried.append(attempt.tier)
-            generation = self._generation(request, f"{request_id}-{next(counter)}",
-                                          attempt.sampling, attempt.tier, qcfg)
-            started = time.monotonic()
-            try:
-                result = await asyncio.wait_for(
-                    self.tier_handles[attempt.tier].generate.remote(generation),
-                    self.config.generation_timeout_s,
-                )
-            except UNAVAILABLE as e:
-                self._failed(name, e)
-                log.warning("[%s] tier %s unavailable (%s)", request_id, name, type(e).__name__)
-                raise TierUnavailable(name, busy=isinstance(e, BackPressureError)) from e
-            spent["generation_ms"] += (time.monotonic() - started) * 1000
-            spent["tokens"] += result.tokens_generated
-            if self.tiers[attempt.tier].consensus_samples and not qcfg.enabled:
-                result, _ = await self._judge(request, result, qcfg, attempt.tier, consensus=True)
-            return result
-
-        async def score(result: GenerationResult) -> tuple[GenerationResult, quality.QualityReport]:
-            tier = next(i for i, t in enumerate(self.tiers) if t.name == result.tier)
-            result, report = await self._judge(request, result, qcfg, tier,
-                                               consensus=self.tiers[tier].consensus_samples > 0)
-            spent["scoring_ms"] += report.timing["scoring_ms"]
-            report.timing = spent  # the totals over every attempt so far
-            return result, report
-
-        outcome = await run_gated(plan, generate, score if qcfg.enabled else None, max_attempts)
-        if outcome.report is not None:
-            outcome.report.timing = {k: round(v, 1) for k, v in spent.items()}
-        return outcome
-
-    def _generation(self, request, request_id: str, sampling: Sampling, tier: int,
-                    qcfg: QualityConfig) -> GenerationRequest:
-        """One attempt's request to a tier: the client's sampling, plus what the gate needs."""
-        cfg = self.tiers[tier]
-        samples = max(qcfg.samples if qcfg.enabled else 0, cfg.consensus_samples)
-        return GenerationRequest(
-            request_id=request_id, sampling=sampling, samples=samples,
-            sample_temperature=(cfg.consensus_temperature if cfg.consensus_samples
-                                else qcfg.sample_temperature),
-            signal_top_k=qcfg.signal_top_k if qcfg.enabled else 0, **prompt_of(request))
-
-    # -- scoring ----------------------------------------------------------------------------
-
-    async def _judge(self, request, result: GenerationResult, qcfg: QualityConfig, tier: int,
-                     consensus: bool) -> tuple[GenerationResult, quality.QualityReport]:
-        """Signals and calibrated score of the answer (after a consensus pick among the answer
-        and its samples when the tier asks for one): one embedder call for the prompt, the answer
-        and the samples, then with `cross_tier` the next tier's likelihood of the chosen answer."""
-        started = time.monotonic()
-        prompt = relevance_text(request)
-        vectors = await self._embed([prompt, result.text, *(s.text for s in result.samples)])
-        if consensus and result.samples:
-            texts = [result.text, *(s.text for s in result.samples)]
-            pick = quality.consensus(texts, prompt, vectors[1:] if vectors else None)
-            if vectors and pick:
-                vectors = [vectors[0], vectors[1 + pick],
-                           *(v for i, v in enumerate(vectors[1:]) if i != pick)]
-            result = chosen_by_consensus(result, pick)
-        cross = None
-        if qcfg.cross_tier and tier + 1 < len(self.tiers):
-            cross = await self._likelihood(tier + 1, request, result.text, 0)
-        samples = [s.text for s in result.samples] if result.samples else None
-        report = quality.score_answer(
-            evidence(prompt, result.text, result.finish_reason, result.logprobs, samples, vectors,
-                     cross),
-            self.calibration, qcfg.threshold, qcfg.repetition_ngram, qcfg.repetition_floor)
-        return result, self._finish_report(report, result.tier, result.model_id,
-                                           time.monotonic() - started)
-
-    def _finish_report(self, report: quality.QualityReport, tier: str | None, model: str | None,
-                       elapsed: float, served: bool = True) -> quality.QualityReport:
-        """Tier and timing of one scored answer; the gate's metrics count served answers only."""
-        report.tier, report.model = tier, model
-        report.timing = {"scoring_ms": elapsed * 1000}
-        if not served:
-            return report
-        metrics.observe("graphserve_scoring_latency_seconds", elapsed)
-        metrics.observe("graphserve_quality_score", report.score, tier=tier)
-        if not report.passed:
-            metrics.inc("graphserve_quality_gate_failures", tier=tier)
-        for component in report.degraded:
-            metrics.inc("graphserve_quality_degraded", component=component)
-        return report
-
-    async def _embed(self, texts: list[str]) -> list[list[float]] | None:
-        """Embeddings for scoring, or None when the embedder is down or slow (degraded)."""
-        if self.availability.is_down(self.embedder_name):
-            return None
-        try:
-            vectors, _ = await asyncio.wait_for(
-                self.embedder.embed.remote([t if t.strip() else " " for t in texts]),
-                self.config.embedder_timeout_s,
-            )
-        except UNAVAILABLE as e:
-            self._failed(self.embedder_name, e)
-            return None
-        return vectors.tolist()
-
-    async def _likelihood(self, tier: int, request, answer: str, top_k: int,
-                          request_id: str | None = None) -> list[TokenLogprob] | None:
-        """The answer's token logprobs under a tier's model, or None when it cannot tell now."""
-        name = self.tiers[tier].name
-        if self.availability.is_down(name):
-            return None
-        call = LikelihoodRequest(request_id=request_id or new_id("likelihood"), answer=answer,
-                                 top_k=top_k, **prompt_of(request))
-        try:
-            return await asyncio.wait_for(self.tier_handles[tier].likelihood.remote(call),
-                                          self.config.generation_timeout_s)
-        except UNAVAILABLE as e:
-            self._failed(name, e)
-            return None
-
-    async def score_pairs(self, body: QualityScoreRequest) -> list[dict]:
-        """`/v1/quality/score`: the signals of given answers. With `model`, the answer's
-        likelihood under that tier stands in for the engine's logprobs, and `samples` draws k
-        answers there to measure agreement; the calibrated score is then the same as served."""
-        qcfg = self.config.quality
-        tier = self._entry_tier(body.model, body, "tier") if body.model is not None else None
-        return list(await asyncio.gather(*(
-            self._score_pair(pair, body, tier, qcfg) for pair in body.pairs)))
-
-    async def _score_pair(self, pair: ScorePair, body: QualityScoreRequest, tier: int | None,
-                          qcfg: QualityConfig) -> dict:
-        started = time.monotonic()
-        as_chat = ChatCompletionRequest(model=body.model or "given",
-                                        messages=[{"role": "user", "content": pair.prompt}])
-        likelihood, samples = None, None
-        if tier is not None:
-            calls = [self._likelihood(tier, as_chat, pair.answer, qcfg.signal_top_k)]
-            if body.samples:
-                calls.append(self._draw_samples(tier, as_chat, body.samples, qcfg))
-            likelihood, *drawn = await asyncio.gather(*calls)
-            samples = drawn[0] if drawn else None
-        vectors = await self._embed([pair.prompt, pair.answer, *(samples or [])])
-        report = quality.score_answer(
-            evidence(pair.prompt, pair.answer, pair.finish_reason, likelihood, samples, vectors),
-            self.calibration, body.threshold, qcfg.repetition_ngram, qcfg.repetition_floor)
-        named = self.tiers[tier] if tier is not None else None
-        return self._finish_report(report, named and named.name, named and named.model_id,
-                                   time.monotonic() - started, served=False).to_dict()
-
-    async def _draw_samples(self, tier: int, request: ChatCompletionRequest, k: int,
-                            qcfg: QualityConfig) -> list[str] | None:
-        generation = GenerationRequest(
-            request_id=new_id("samples"), sampling=Sampling(n=k, temperature=qcfg.sample_temperature),
-            **prompt_of(request))
-        try:
-            result = await asyncio.wait_for(self.tier_handles[tier].generate.remote(generation),
-                                            self.config.generation_timeout_s)
-        except UNAVAILABLE as e:
-            self._failed(self.tiers[tier].name, e)
-            return None
-        return [c.text for c in result.choices]
-
-    def _report(self, outcome: Outcome) -> dict | None:
-        return None if outcome.report is None else outcome.report.to_dict()
+    @app.post("/v1/quality/score")
+    async def quality_score(self, request: Request) -> JSONResponse:
+        self._authorize(request)
+        body = await read_json(request, QualityScoreRequest, self.config.max_body_bytes)
+        if body.model is not None and body.model not in self.model_ids:
+            raise ModelNotFound.named(body.model, self.model_ids)
+        reports = await self._bounded(self.gate.score_pairs(body), request)
+        return JSONResponse({"object": "list", "data": reports})

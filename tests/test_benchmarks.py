@@ -76,3 +76,47 @@ def test_quality_gate_table_and_plot(tmp_path):
     assert "| consensus tier | 50.0% | +0.0 pt |" in table and "+12.5 %" in table
     quality_gate.plot(result, tmp_path / "q.png")
     assert (tmp_path / "q.png").stat().st_size > 0
+
+
+def test_overhead_accounting_names_each_process_and_divides_per_request():
+    from types import SimpleNamespace
+
+    from benchmarks import overhead
+
+    replica = SimpleNamespace(pid=10, parents=lambda: [])
+    engine = SimpleNamespace(pid=11, parents=lambda: [replica])
+    titles = {10: "ray::ServeReplica:graphserve:fast", 11: "VLLM::EngineCore",
+              12: "ray::ProxyActor", 13: "/x/raylet --raylet_socket_name=/tmp/ray/s",
+              14: "/usr/bin/python some_unrelated_script.py"}
+    assert overhead.role(replica, titles) == "replica fast"
+    assert overhead.role(engine, titles) == "engine (fast)"
+    assert overhead.role(SimpleNamespace(pid=12), titles) == "Serve proxy"
+    assert overhead.role(SimpleNamespace(pid=13), titles) == "Ray daemons and driver"
+    assert overhead.role(SimpleNamespace(pid=14), titles) is None
+
+    before = {10: ("replica fast", 1.0), 11: ("engine (fast)", 5.0)}
+    after = {10: ("replica fast", 1.5), 11: ("engine (fast)", 9.0), 99: ("Serve proxy", 3.0)}
+    table = overhead.cpu_ms_per_request(before, after, requests=10)
+    # A process seen only at one end is left out: its CPU before the run is not the run's.
+    assert table == {"engine (fast)": 400.0, "replica fast": 50.0, "total": 450.0}
+
+
+def test_overhead_ratios_compare_each_data_path_with_the_peers_of_the_same_run():
+    from benchmarks import overhead
+
+    def server(tok_s, ttft, cold, gate_on=None, embed=None):
+        out = {"cold_start_s": cold, "ttft_c1": {"ttft_p50_ms": ttft},
+               "chat_c16": {"throughput_tok_s": tok_s}}
+        if gate_on is not None:
+            out["chat_c16_gate_on"] = {"throughput_tok_s": gate_on}
+            out["embed_c32"] = {"sentences_per_s": embed}
+        return out
+
+    results = {"vllm_serve": server(200.0, 50.0, 30.0), "encode_in_process": {"sentences_per_s": 800},
+               "graph": {"default": server(100.0, 120.0, 60.0, 50.0, 80.0),
+                         "broken": {"error": "RuntimeError: no"}}}
+    ratios = overhead.ratios(results)
+    assert set(ratios) == {"default"}  # a data path that failed has no ratios
+    assert ratios["default"] == {"chat_c16_ratio": 0.5, "chat_c16_gate_on_ratio": 0.25,
+                                 "ttft_c1_delta_ms": 70.0, "embed_c32_ratio": 0.1,
+                                 "cold_start_ratio": 2.0}

@@ -17,6 +17,8 @@ import httpx
 import pytest
 import yaml
 
+from tests import helpers
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = str(ROOT / "cluster" / "local.sh")
 PORT = 8100
@@ -36,14 +38,14 @@ def cluster(*args: str, timeout: float = 180) -> str:
 
 
 def cluster_config() -> dict:
-    """serve_config.yaml with one LLM tier, the router, ingress and LLM pinned to the head (where
+    """serve_config.yaml with one LLM tier, the router and the LLM pinned to the head (where
     the only proxy runs) and two embedder replicas left for Serve to spread over both nodes."""
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     config["proxy_location"] = "HeadOnly"  # one HTTP port on this one machine
     config["http_options"]["port"] = PORT
     args = config["applications"][0]["args"]
     args["tiers"] = args["tiers"][:1]
-    for part in (args["tiers"][0], args["router"], args["ingress"]):
+    for part in (args["tiers"][0], args["router"]):
         part["deployment"]["resources"] = dict(HEAD_ONLY)
     args["embedder"]["deployment"].update(num_replicas=2, num_cpus=0.3)
     return config
@@ -85,16 +87,8 @@ def auth_token() -> str:
 
 
 def wait_until(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except Exception:  # the cluster is mid-change: ask again
-            value = None
-        if value:
-            return value
-        time.sleep(2)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+    """The shared wait, asking every 2 s; an error means the cluster is mid-change: ask again."""
+    return helpers.wait_until(predicate, timeout_s, what, interval_s=2, retry_on=(Exception,))
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +113,7 @@ def test_replicas_land_on_both_nodes_and_the_app_serves(deployed):
     assert set(deployed) == {"head", "worker"}
     embedders = replica_nodes("embedder")
     assert sorted(embedders) == sorted([deployed["head"], deployed["worker"]]), embedders
-    for pinned in ("fast", "router", "ingress"):
+    for pinned in ("fast", "router"):
         assert replica_nodes(pinned) == [deployed["head"]], pinned
     r = httpx.post(f"{BASE}/v1/chat/completions", timeout=120, json={
         "model": CHAT, "messages": [{"role": "user", "content": "What is the capital of France?"}],

@@ -7,19 +7,20 @@ import time
 import httpx
 import openai
 import pytest
-import yaml
+
+from benchmarks.peers import stop_orphaned_haproxy
+from tests.helpers import config_args, serve_env, wait_until  # noqa: F401  (e2e tests import them)
+
+# The data path `make` exports (cluster/serve.env), also for a bare `pytest` run: the tests' Ray
+# inherits this environment.
+for _name, _value in serve_env().items():
+    os.environ.setdefault(_name, _value)
 
 PORT = int(os.environ.get("GRAPHSERVE_TEST_PORT", "18000"))
 METRICS_PORT = PORT + 1  # Ray's Prometheus endpoint, on loopback like everything else here
 BASE = f"http://127.0.0.1:{PORT}"
 TEST_API_KEY = "test-key-not-secret"  # in the env of every Ray process; only /locked uses it
 BROKEN = "/nonexistent/model"  # a model_source that fails to load: a deployment that stays down
-
-
-def config_args() -> dict:
-    """The `args` of the shipped serve_config.yaml: tests run what users run."""
-    with open("serve_config.yaml") as f:
-        return yaml.safe_load(f)["applications"][0]["args"]
 
 
 def pytest_collection_modifyitems(items):
@@ -52,6 +53,7 @@ def base_url():
     yield BASE
     serve.shutdown()
     ray.shutdown()
+    stop_orphaned_haproxy()
 
 
 @pytest.fixture(scope="session")
@@ -86,13 +88,3 @@ def deploy(name: str, args: dict) -> None:
         serve.run(graph.app_builder(args), name=name, route_prefix=f"/{name}")
     except RuntimeError:
         pass  # expected: a deployment of this app failed; the rest of it keeps running
-
-
-def wait_until(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")

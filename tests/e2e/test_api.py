@@ -208,7 +208,7 @@ def test_health_reports_each_deployment(http):
     body = r.json()
     assert r.status_code == 200 and body["status"] == "ok"
     deployments = body["deployments"]
-    assert set(deployments) == {"fast", "careful", "embedder", "router", "ingress"}
+    assert set(deployments) == {"fast", "careful", "embedder", "router"}
     for tier in ("fast", "careful"):
         d = deployments[tier]
         assert d["role"] == "llm" and d["status"] == "ok" and d["model"] == CHAT

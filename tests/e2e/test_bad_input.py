@@ -54,6 +54,13 @@ CASES = [
     ("quality-unknown-tier", C, chat(quality={"tier": "nope"}), {}, 400, "quality.tier"),
     ("quality-too-many-samples", C, chat(quality={"samples": 99}), {}, 400, "quality.samples"),
     ("stream-wrong-type", C, chat(stream=[1]), {}, 400, "stream"),
+    # Typed as OpenAI types them: a string is not a boolean nor a number, a float not an integer.
+    ("stream-as-string", C, chat(stream="yes"), {}, 400, "stream"),
+    ("max-tokens-as-string-number", C, chat(max_tokens="5"), {}, 400, "max_tokens"),
+    ("max-tokens-as-float", C, chat(max_tokens=5.0), {}, 400, "max_tokens"),
+    ("temperature-as-string", C, chat(temperature="0.5"), {}, 400, "temperature"),
+    ("user-message-without-content", C, chat(messages=[{"role": "user"}]), {}, 400, "messages[0]"),
+    ("user-message-null-content", C, chat(messages=[{"role": "user", "content": None}]), {}, 400, "messages[0]"),
     ("top-logprobs-too-many", C, chat(logprobs=True, top_logprobs=50), {}, 400, "top_logprobs"),
     ("too-many-stops", C, chat(stop=["a", "b", "c", "d", "e"]), {}, 400, "stop"),
     ("quality-threshold-over-1", C, chat(quality={"threshold": 2}), {}, 400, "quality.threshold"),

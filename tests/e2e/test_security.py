@@ -1,5 +1,5 @@
 """The optional API key: /v1/* needs it, /health does not. Runs as its own small app (/locked)
-whose ingress reads the key from GRAPHSERVE_TEST_KEY; its models are broken on purpose, because
+whose router reads the key from GRAPHSERVE_TEST_KEY; its models are broken on purpose, because
 auth is decided before any model is involved."""
 
 import httpx
@@ -17,10 +17,10 @@ def locked(base_url):
 
     args = variant([{"name": "broken", "model_source": BROKEN,
                      "deployment": {"num_cpus": 0.05}}], BROKEN)
-    args["ingress"]["api_key_env"] = "GRAPHSERVE_TEST_KEY"
+    args["router"]["api_key_env"] = "GRAPHSERVE_TEST_KEY"
     deploy("locked", args)
-    wait_until(lambda: serve.status().applications["locked"].deployments["ingress"].status.value
-               == "HEALTHY", 120, "the locked app's ingress")
+    wait_until(lambda: serve.status().applications["locked"].deployments["router"].status.value
+               == "HEALTHY", 120, "the locked app's router")
     return LOCKED
 
 

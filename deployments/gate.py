@@ -1,0 +1,626 @@
+"""The quality gate: generate, score the answer, and act on the score.
+
+`Gate` lives inside the router deployment (`router.py`), in the same process as the HTTP routes,
+so a request crosses one Serve hop fewer: proxy -> router -> LLM tier.
+
+Policy, in order: the tier the client named (by model id) tries first; below the threshold it
+retries in the same tier (a new seed, a lower temperature), then escalates to the next, stronger
+tier; the best-scoring answer is returned with its report. A tier that is down is skipped, an
+embedder that is down makes scoring go on without relevance, and only when every tier is down does
+the client get a 503. The plan and the gate are plain functions (`plan_attempts`, `run_gated`), so
+the policy is unit-tested with fake tiers and no Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
+from ray.serve.handle import DeploymentHandle
+
+from deployments import metrics, quality
+from deployments.config import LLMConfig, QualityConfig, RouterConfig, model_ids
+from deployments.protocol import (
+    APIError,
+    BadRequest,
+    Candidate,
+    ChatCompletionRequest,
+    CompletionRequest,
+    GenerationDelta,
+    GenerationRequest,
+    GenerationResult,
+    LikelihoodRequest,
+    ModelNotFound,
+    Overloaded,
+    QualityScoreRequest,
+    Sampling,
+    ScorePair,
+    ServiceUnavailable,
+    TokenLogprob,
+    new_id,
+)
+
+log = logging.getLogger("ray.serve")
+
+# Failures that mean "this deployment cannot answer now", as opposed to "this request is bad".
+UNAVAILABLE = (
+    DeploymentUnavailableError, ReplicaUnavailableError, BackPressureError, RayActorError,
+    ActorDiedError, ActorUnavailableError, ServiceUnavailable, asyncio.TimeoutError,
+)
+
+
+def unwrapped(exc: BaseException) -> BaseException:
+    """The error a remote call raised: Ray wraps it in a RayTaskError."""
+    if isinstance(exc, RayTaskError) and isinstance(getattr(exc, "cause", None), BaseException):
+        return exc.cause
+    return exc
+
+
+def failure(exc: BaseException) -> Literal["busy", "slow", "down"] | None:
+    """The one failure policy: what a failed call says about the deployment it went to. Busy: its
+    queue is full (429, retry soon). Slow: it did not answer in time (not down: under a burst a
+    call waits behind hundreds; a replica that really hangs fails Serve's health check). Down: no
+    replica, a dead actor or engine (503). None: the request itself failed, or a bug."""
+    exc = unwrapped(exc)
+    if isinstance(exc, (BackPressureError, Overloaded)):
+        return "busy"
+    if isinstance(exc, asyncio.TimeoutError):
+        return "slow"
+    if isinstance(exc, UNAVAILABLE):
+        return "down"
+    return None
+
+
+def api_error(exc: BaseException) -> APIError:
+    """Any exception as the client should see it."""
+    exc = unwrapped(exc)
+    if isinstance(exc, APIError):
+        return exc
+    kind = failure(exc)
+    if kind == "busy":
+        return Overloaded("the server is at capacity; retry shortly")
+    if kind is not None:
+        return ServiceUnavailable(f"a model deployment is unavailable ({type(exc).__name__}); "
+                                  "retry shortly")
+    log.exception("unexpected error", exc_info=exc)
+    return APIError("internal error; the request was not completed")
+
+
+class TierUnavailable(Exception):
+    """A tier could not take this attempt: down (no replica, replica died, timed out) or busy
+    (its queue is full: Serve's backpressure)."""
+
+    def __init__(self, tier: str, busy: bool = False):
+        super().__init__(tier)
+        self.busy = busy
+
+
+def no_tier_error(some_busy: bool) -> APIError:
+    """The answer when no tier could take a request: busy when one is only full (retrying soon
+    will work), down when every tier is."""
+    if some_busy:
+        return Overloaded("every LLM tier is at capacity; retry shortly")
+    return ServiceUnavailable("no LLM tier is available to answer; try again shortly",
+                              code="llm_unavailable")
+
+
+class Availability:
+    """What the router knows of each downstream deployment: its last probe, or a failed call.
+
+    A deployment marked down is skipped at once instead of waited on: Serve queues calls to a
+    deployment whose replicas are restarting, and the first call through a fresh handle to a failed
+    deployment waits forever rather than raising. The next probe that answers brings it back.
+    """
+
+    def __init__(self, names: list[str]):
+        self.state: dict[str, dict] = {n: {"status": "starting"} for n in names}
+
+    def up(self, name: str, info: dict) -> None:
+        self.state[name] = {"status": "ok", **info}
+
+    def down(self, name: str, error: BaseException) -> None:
+        """A failed probe or call, by `failure`: busy changes nothing; slow marks a deployment
+        that was up "slow" (a 1,280-request burst here once made both tiers look down and turned
+        429s into 503s); down marks it unavailable. A deployment still loading stays "starting"."""
+        was = self.state[name]["status"]
+        kind = failure(error)
+        if kind == "busy":
+            return
+        if kind == "slow":
+            if was != "starting":
+                self.state[name] = {**self.state[name], "status": "slow", "error": "TimeoutError"}
+            return
+        self.state[name] = {**self.state[name], "status": "unavailable",
+                            "error": type(error).__name__}
+        if was != "unavailable":
+            log.warning("%s is unavailable (%s)", name, type(error).__name__)
+
+    def is_down(self, name: str) -> bool:
+        return self.state[name]["status"] == "unavailable"
+
+
+# ---------------------------------------------------------------------------------------------
+# Policy (pure)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Attempt:
+    tier: int
+    sampling: Sampling
+
+
+@dataclass
+class Outcome:
+    result: GenerationResult
+    report: quality.QualityReport | None
+
+
+def plan_attempts(
+    entry: int,
+    tier_temperatures: list[float],
+    sampling: Sampling,
+    attempts_per_tier: int,
+    max_attempts: int,
+    retry_temperature_factor: float,
+) -> list[Attempt]:
+    """Every attempt the gate may make, in order: retries in a tier, then the next tier."""
+    plan: list[Attempt] = []
+    for tier in range(entry, len(tier_temperatures)):
+        temperature = tier_temperatures[tier] if sampling.temperature is None else sampling.temperature
+        for retry in range(attempts_per_tier):
+            if len(plan) == max_attempts:
+                return plan
+            if retry == 0:
+                plan.append(Attempt(tier, sampling))
+                continue
+            if temperature == 0:
+                break  # greedy decoding would only repeat the same answer: escalate instead
+            temperature *= retry_temperature_factor
+            seed = random.getrandbits(31) if sampling.seed is None else sampling.seed + retry
+            plan.append(Attempt(tier, sampling.model_copy(
+                update={"temperature": temperature, "seed": seed})))
+    return plan
+
+
+async def run_gated(
+    plan: list[Attempt],
+    generate: Callable[[Attempt], Awaitable[GenerationResult]],
+    score: Callable[[GenerationResult],
+                    Awaitable[tuple[GenerationResult, quality.QualityReport]]] | None,
+    max_attempts: int | None = None,
+) -> Outcome:
+    """Runs the plan until an answer passes or `max_attempts` answers were made; returns the best.
+
+    `generate` raises TierUnavailable for a tier that is down: its remaining attempts are skipped,
+    and they do not count against `max_attempts` (a down entry tier still lets the next answer).
+    With `score` None the gate is off and the first answer is returned unscored (then an answer
+    may be anything `generate` makes: the streamed path passes an opened stream). `score` may
+    hand back another answer than it was given (a consensus tier's pick among its samples).
+    """
+    candidates: list[Outcome] = []
+    down: set[int] = set()
+    busy: list[bool] = []
+    for attempt in plan:
+        if attempt.tier in down:
+            continue
+        try:
+            result = await generate(attempt)
+        except TierUnavailable as e:
+            down.add(attempt.tier)
+            busy.append(e.busy)
+            continue
+        if score is None:
+            return Outcome(result, None)
+        result, report = await score(result)
+        candidates.append(Outcome(result, report))
+        report.attempts = len(candidates)
+        if report.passed or len(candidates) == max_attempts:
+            break
+    if not candidates:
+        raise no_tier_error(any(busy))
+    chosen = candidates[quality.best([c.report for c in candidates])]
+    chosen.report.attempts = len(candidates)
+    return chosen
+
+
+def spent(generation_ms: float, scoring_ms: float, tokens: int) -> dict:
+    """A report's `timing`: what answering cost, over every attempt."""
+    return {"generation_ms": round(generation_ms, 1), "scoring_ms": round(scoring_ms, 1),
+            "tokens": tokens}
+
+
+def relevance_text(request: ChatCompletionRequest | CompletionRequest) -> str:
+    """What the answer should be relevant to: the last user turn (or the raw prompt)."""
+    if isinstance(request, CompletionRequest):
+        return request.prompt
+    users = [m.text() for m in request.messages if m.role == "user"]
+    return users[-1] if users else request.messages[-1].text()
+
+
+def sampling_of(request: ChatCompletionRequest | CompletionRequest) -> Sampling:
+    stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+    return Sampling(
+        n=request.n, max_tokens=request.max_tokens, temperature=request.temperature,
+        top_p=request.top_p, stop=stop, seed=request.seed,
+        presence_penalty=request.presence_penalty or 0.0,
+        frequency_penalty=request.frequency_penalty or 0.0, top_logprobs=request.top_logprobs_asked(),
+    )
+
+
+def prompt_of(request: ChatCompletionRequest | CompletionRequest) -> dict:
+    """The prompt fields of a tier request: chat messages, or the raw completion prompt."""
+    if isinstance(request, ChatCompletionRequest):
+        return {"messages": request.chat()}
+    return {"prompt": request.prompt}
+
+
+def evidence(prompt: str, answer: str, finish_reason: str | None,
+             tokens: list[TokenLogprob] | None, samples: list[str] | None,
+             vectors: list[list[float]] | None,
+             cross: list[TokenLogprob] | None = None) -> quality.Evidence:
+    """What the scorer needs, as plain data. `vectors`: prompt, answer, then one per sample."""
+    return quality.Evidence(
+        prompt=prompt, answer=answer, finish_reason=finish_reason,
+        logprobs=[t.logprob for t in tokens] if tokens is not None else None,
+        tops=[[lp for _, lp in t.top] for t in tokens or []],
+        samples=samples, prompt_vec=vectors[0] if vectors else None,
+        answer_vec=vectors[1] if vectors else None, sample_vecs=vectors[2:] if vectors else None,
+        cross_tier_logprobs=[t.logprob for t in cross] if cross else None,
+    )
+
+
+def chosen_by_consensus(result: GenerationResult, index: int) -> GenerationResult:
+    """The result with candidate `index` (0: the answer, i > 0: sample i - 1) as its answer."""
+    if index == 0:
+        return result
+    pool = [result.choices[0], *result.samples]
+    return result.model_copy(update={
+        "choices": [pool[index], *result.choices[1:]],
+        "samples": [c for i, c in enumerate(pool) if i != index]})
+
+
+# ---------------------------------------------------------------------------------------------
+# Deployment
+# ---------------------------------------------------------------------------------------------
+
+
+class Gate:
+    """The gate's state in the router replica: handles to the tiers and the embedder, what is
+    known of their availability, and the calibrated scorer. Built inside a running event loop
+    (it starts the probes)."""
+
+    def __init__(self, config: RouterConfig, tiers: list[LLMConfig],
+                 tier_handles: list[DeploymentHandle], embedder: DeploymentHandle,
+                 embedder_name: str):
+        self.config = config
+        self.tiers = tiers
+        self.tier_handles = tier_handles
+        self.embedder = embedder
+        self.embedder_name = embedder_name
+        self.calibration = quality.Calibration.load(config.quality.calibration_file)
+        self.downstream = {**{t.name: h for t, h in zip(tiers, tier_handles)}, embedder_name: embedder}
+        self.availability = Availability(list(self.downstream))
+        self._probes = [asyncio.create_task(self._watch(n, h)) for n, h in self.downstream.items()]
+
+    async def _watch(self, name: str, handle: DeploymentHandle) -> None:
+        """Probe one downstream deployment's `info` on a fixed period, forever."""
+        while True:
+            try:
+                info = await asyncio.wait_for(handle.info.remote(), self.config.probe_timeout_s)
+            except Exception as e:  # a probe reports a failure, it never raises one
+                self.availability.down(name, e)
+            else:
+                self.availability.up(name, info)
+            await asyncio.sleep(self.config.probe_interval_s)
+
+    def _failed(self, name: str, error: BaseException) -> None:
+        """A call failed: a dead or missing deployment is down now; a slow one is left to the probe."""
+        if name != self.embedder_name:
+            metrics.inc("graphserve_tier_unavailable", tier=name)
+        if not isinstance(error, asyncio.TimeoutError):
+            self.availability.down(name, error)
+
+    def status(self) -> dict[str, dict]:
+        """The last probe of each tier and of the embedder, for /health (no call downstream)."""
+        return self.availability.state
+
+    def _entry_tier(self, model: str, override=None, param: str = "quality.tier") -> int:
+        """The first tier serving `model`, or the one named by `override.tier` (a request's
+        `quality.tier`, or `/v1/quality/score`'s `tier`)."""
+        named = getattr(override, "tier", None)
+        for i, tier in enumerate(self.tiers):
+            if (model == tier.model_id) and named in (None, tier.name):
+                return i
+        if named is not None:
+            raise BadRequest(f"no tier named {named!r} serves {model!r}; tiers: "
+                             f"{', '.join(t.name for t in self.tiers)}", param=param)
+        raise ModelNotFound.named(model, model_ids(self.tiers))
+
+    def _quality_config(self, request) -> tuple[QualityConfig, int, str]:
+        """The gate for this request: config defaults with the client's override on top."""
+        cfg, override = self.config.quality, request.quality
+        attempts = self.config.max_attempts_per_tier * len(self.tiers)
+        mode = self.config.gate_mode
+        if override is not None:
+            update = {k: v for k, v in {"enabled": override.enabled, "threshold": override.threshold,
+                                        "samples": override.samples}.items() if v is not None}
+            cfg = cfg.model_copy(update=update)
+            attempts = override.max_attempts or attempts
+            mode = override.gate_mode or mode
+        return cfg, attempts, mode
+
+    # -- generation -------------------------------------------------------------------------
+
+    async def complete(self, request: ChatCompletionRequest | CompletionRequest,
+                       request_id: str) -> tuple[GenerationResult, dict | None]:
+        """Non-streaming: the gated answer and its quality report."""
+        outcome = await self._gated(request, request_id)
+        return outcome.result, self._report(outcome)
+
+    async def stream(self, request: ChatCompletionRequest | CompletionRequest,
+                     request_id: str) -> AsyncIterator[dict]:
+        """Events: {"start": tier/model}, {"delta": GenerationDelta}..., {"quality": report}.
+
+        'report' mode streams the first attempt at once and scores it at the end (its consistency
+        samples are drawn meanwhile; a consensus tier cannot swap an answer already sent);
+        'buffered' mode runs the whole gate first, then sends the chosen answer (TTFT = full
+        generation).
+        """
+        qcfg, _, mode = self._quality_config(request)
+        if mode == "buffered":
+            outcome = await self._gated(request, request_id)
+            result = outcome.result
+            yield {"start": {"tier": result.tier, "model": result.model_id}}
+            yield {"delta": GenerationDelta(
+                text=result.text, logprobs=result.logprobs, finish_reason=result.finish_reason,
+                prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)}
+            yield {"quality": self._report(outcome)}
+            return
+        entry = self._entry_tier(request.model, request.quality)
+        # One attempt per tier, no scoring in the loop: the first tier whose stream yields wins.
+        plan = plan_attempts(entry, [t.sampling.temperature for t in self.tiers],
+                             sampling_of(request), 1, len(self.tiers), 0.0)
+        started = time.monotonic()
+
+        async def open_stream(attempt: Attempt) -> tuple[int, object, GenerationDelta]:
+            self._skip_if_down(attempt.tier)
+            generation = self._generation(request, request_id, attempt.sampling, attempt.tier, qcfg)
+            stream = self.tier_handles[attempt.tier].options(stream=True).stream.remote(generation)
+            try:
+                first = await self._attempt(attempt.tier, request_id, stream.__anext__(),
+                                            self.config.first_token_timeout_s)
+            except StopAsyncIteration:
+                first = GenerationDelta(finish_reason="stop")
+            except BaseException:
+                stream.cancel()
+                raise
+            return attempt.tier, stream, first
+
+        tier, stream, first = (await run_gated(plan, open_stream, None)).result
+        cfg = self.tiers[tier]
+        deltas = [first]
+        try:
+            yield {"start": {"tier": cfg.name, "model": cfg.model_id}}
+            yield {"delta": first}
+            async for delta in stream:
+                deltas.append(delta)
+                yield {"delta": delta}
+        except BaseException:  # the client went away (or the tier failed): the engine aborts
+            stream.cancel()
+            raise
+        if not qcfg.enabled:
+            return
+        last = deltas[-1]
+        result = GenerationResult(
+            choices=[Candidate(text="".join(d.text for d in deltas),
+                               logprobs=[lp for d in deltas for lp in d.logprobs],
+                               finish_reason=last.finish_reason,
+                               completion_tokens=last.completion_tokens)],
+            samples=last.samples, prompt_tokens=last.prompt_tokens, model_id=cfg.model_id,
+            tier=cfg.name,
+        )
+        generation_ms = (time.monotonic() - started) * 1000
+        _, report = await self._judge(request, result, qcfg, tier, consensus=False)
+        report.timing = spent(generation_ms, report.timing["scoring_ms"], result.tokens_generated)
+        yield {"quality": self._report(Outcome(result, report))}
+
+    def _skip_if_down(self, tier: int) -> None:
+        """A tier known to be down is skipped at once, before anything is sent to it (Serve would
+        queue the call until a replica comes back)."""
+        name = self.tiers[tier].name
+        if self.availability.is_down(name):
+            metrics.inc("graphserve_tier_unavailable", tier=name)
+            raise TierUnavailable(name)
+
+    async def _attempt(self, tier: int, request_id: str, call: Awaitable, timeout_s: float):
+        """One call to a tier, the same for streamed and whole answers: a failure that means
+        "down" or "busy" (by `failure`) becomes TierUnavailable, so the caller moves on."""
+        name = self.tiers[tier].name
+        try:
+            return await asyncio.wait_for(call, timeout_s)
+        except UNAVAILABLE as e:
+            self._failed(name, e)
+            log.warning("[%s] tier %s unavailable (%s)", request_id, name, type(e).__name__)
+            raise TierUnavailable(name, busy=failure(e) == "busy") from e
+
+    async def _gated(self, request, request_id: str) -> Outcome:
+        qcfg, max_attempts, _ = self._quality_config(request)
+        entry = self._entry_tier(request.model, request.quality)
+        every = self.config.max_attempts_per_tier * len(self.tiers)
+        plan = plan_attempts(
+            entry, [t.sampling.temperature for t in self.tiers], sampling_of(request),
+            self.config.max_attempts_per_tier, every, self.config.retry_temperature_factor,
+        )
+        counter = iter(range(len(plan)))
+        totals = {"generation_ms": 0.0, "scoring_ms": 0.0, "tokens": 0}
+        tried: list[int] = []
+
+        async def generate(attempt: Attempt) -> GenerationResult:
+            self._skip_if_down(attempt.tier)
+            if tried:
+                kind = "retries" if tried[-1] == attempt.tier else "escalations"
+                metrics.inc(f"graphserve_quality_{kind}", tier=self.tiers[attempt.tier].name)
+            tried.append(attempt.tier)
+            generation = self._generation(request, f"{request_id}-{next(counter)}",
+                                          attempt.sampling, attempt.tier, qcfg)
+            started = time.monotonic()
+            result = await self._attempt(attempt.tier, request_id,
+                                         self.tier_handles[attempt.tier].generate.remote(generation),
+                                         self.config.generation_timeout_s)
+            totals["generation_ms"] += (time.monotonic() - started) * 1000
+            totals["tokens"] += result.tokens_generated
+            if self.tiers[attempt.tier].consensus_samples and not qcfg.enabled:
+                result, _ = await self._judge(request, result, qcfg, attempt.tier, consensus=True)
+            return result
+
+        async def score(result: GenerationResult) -> tuple[GenerationResult, quality.QualityReport]:
+            tier = next(i for i, t in enumerate(self.tiers) if t.name == result.tier)
+            result, report = await self._judge(request, result, qcfg, tier,
+                                               consensus=self.tiers[tier].consensus_samples > 0)
+            totals["scoring_ms"] += report.timing["scoring_ms"]
+            return result, report
+
+        outcome = await run_gated(plan, generate, score if qcfg.enabled else None, max_attempts)
+        if outcome.report is not None:  # the totals over every attempt
+            outcome.report.timing = spent(**totals)
+        return outcome
+
+    def _generation(self, request, request_id: str, sampling: Sampling, tier: int,
+                    qcfg: QualityConfig) -> GenerationRequest:
+        """One attempt's request to a tier: the client's sampling, plus what the gate needs."""
+        cfg = self.tiers[tier]
+        samples = max(qcfg.samples if qcfg.enabled else 0, cfg.consensus_samples)
+        return GenerationRequest(
+            request_id=request_id, sampling=sampling, samples=samples,
+            sample_temperature=(cfg.consensus_temperature if cfg.consensus_samples
+                                else qcfg.sample_temperature),
+            signal_top_k=qcfg.signal_top_k if qcfg.enabled else 0, **prompt_of(request))
+
+    # -- scoring ----------------------------------------------------------------------------
+
+    async def _judge(self, request, result: GenerationResult, qcfg: QualityConfig, tier: int,
+                     consensus: bool) -> tuple[GenerationResult, quality.QualityReport]:
+        """Signals and calibrated score of the answer (after a consensus pick among the answer
+        and its samples when the tier asks for one): one embedder call for the prompt, the answer
+        and the samples, then with `cross_tier` the next tier's likelihood of the chosen answer."""
+        started = time.monotonic()
+        prompt = relevance_text(request)
+        vectors = await self._embed([prompt, result.text, *(s.text for s in result.samples)])
+        if consensus and result.samples:
+            texts = [result.text, *(s.text for s in result.samples)]
+            pick = quality.consensus(texts, prompt, vectors[1:] if vectors else None)
+            if vectors and pick:
+                vectors = [vectors[0], vectors[1 + pick],
+                           *(v for i, v in enumerate(vectors[1:]) if i != pick)]
+            result = chosen_by_consensus(result, pick)
+        cross = None
+        if qcfg.cross_tier and tier + 1 < len(self.tiers):
+            cross = await self._likelihood(tier + 1, request, result.text, 0)
+        samples = [s.text for s in result.samples] if result.samples else None
+        report = quality.score_answer(
+            evidence(prompt, result.text, result.finish_reason, result.logprobs, samples, vectors,
+                     cross),
+            self.calibration, qcfg.threshold, qcfg.repetition_ngram, qcfg.repetition_floor)
+        return result, self._finish_report(report, result.tier, result.model_id,
+                                           time.monotonic() - started)
+
+    def _finish_report(self, report: quality.QualityReport, tier: str | None, model: str | None,
+                       elapsed: float, served: bool = True) -> quality.QualityReport:
+        """Tier and timing of one scored answer; the gate's metrics count served answers only."""
+        report.tier, report.model = tier, model
+        report.timing = {"scoring_ms": elapsed * 1000}
+        if not served:
+            return report
+        metrics.observe("graphserve_scoring_latency_seconds", elapsed)
+        metrics.observe("graphserve_quality_score", report.score, tier=tier)
+        if not report.passed:
+            metrics.inc("graphserve_quality_gate_failures", tier=tier)
+        for component in report.degraded:
+            metrics.inc("graphserve_quality_degraded", component=component)
+        return report
+
+    async def _embed(self, texts: list[str]) -> list[list[float]] | None:
+        """Embeddings for scoring, or None when the embedder is down or slow (degraded)."""
+        if self.availability.is_down(self.embedder_name):
+            return None
+        try:
+            vectors, _ = await asyncio.wait_for(
+                self.embedder.embed_for_scoring.remote([t if t.strip() else " " for t in texts]),
+                self.config.embedder_timeout_s,
+            )
+        except UNAVAILABLE as e:
+            self._failed(self.embedder_name, e)
+            return None
+        return vectors.tolist()
+
+    async def _likelihood(self, tier: int, request, answer: str, top_k: int,
+                          request_id: str | None = None) -> list[TokenLogprob] | None:
+        """The answer's token logprobs under a tier's model, or None when it cannot tell now."""
+        name = self.tiers[tier].name
+        if self.availability.is_down(name):
+            return None
+        call = LikelihoodRequest(request_id=request_id or new_id("likelihood"), answer=answer,
+                                 top_k=top_k, **prompt_of(request))
+        try:
+            return await asyncio.wait_for(self.tier_handles[tier].likelihood.remote(call),
+                                          self.config.generation_timeout_s)
+        except UNAVAILABLE as e:
+            self._failed(name, e)
+            return None
+
+    async def score_pairs(self, body: QualityScoreRequest) -> list[dict]:
+        """`/v1/quality/score`: the signals of given answers. With `model`, the answer's
+        likelihood under that tier stands in for the engine's logprobs, and `samples` draws k
+        answers there to measure agreement; the calibrated score is then the same as served."""
+        qcfg = self.config.quality
+        tier = self._entry_tier(body.model, body, "tier") if body.model is not None else None
+        return list(await asyncio.gather(*(
+            self._score_pair(pair, body, tier, qcfg) for pair in body.pairs)))
+
+    async def _score_pair(self, pair: ScorePair, body: QualityScoreRequest, tier: int | None,
+                          qcfg: QualityConfig) -> dict:
+        started = time.monotonic()
+        as_chat = ChatCompletionRequest(model=body.model or "given",
+                                        messages=[{"role": "user", "content": pair.prompt}])
+        likelihood, samples = None, None
+        if tier is not None:
+            calls = [self._likelihood(tier, as_chat, pair.answer, qcfg.signal_top_k)]
+            if body.samples:
+                calls.append(self._draw_samples(tier, as_chat, body.samples, qcfg))
+            likelihood, *drawn = await asyncio.gather(*calls)
+            samples = drawn[0] if drawn else None
+        vectors = await self._embed([pair.prompt, pair.answer, *(samples or [])])
+        report = quality.score_answer(
+            evidence(pair.prompt, pair.answer, pair.finish_reason, likelihood, samples, vectors),
+            self.calibration, body.threshold, qcfg.repetition_ngram, qcfg.repetition_floor)
+        named = self.tiers[tier] if tier is not None else None
+        return self._finish_report(report, named and named.name, named and named.model_id,
+                                   time.monotonic() - started, served=False).to_dict()
+
+    async def _draw_samples(self, tier: int, request: ChatCompletionRequest, k: int,
+                            qcfg: QualityConfig) -> list[str] | None:
+        generation = GenerationRequest(
+            request_id=new_id("samples"), sampling=Sampling(n=k, temperature=qcfg.sample_temperature),
+            **prompt_of(request))
+        try:
+            result = await asyncio.wait_for(self.tier_handles[tier].generate.remote(generation),
+                                            self.config.generation_timeout_s)
+        except UNAVAILABLE as e:
+            self._failed(self.tiers[tier].name, e)
+            return None
+        return [c.text for c in result.choices]
+
+    def _report(self, outcome: Outcome) -> dict | None:
+        return None if outcome.report is None else outcome.report.to_dict()
