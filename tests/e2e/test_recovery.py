@@ -47,12 +47,17 @@ async def load_with_kill(path: str, body: dict, deployment: str, total=200, conc
     recovery = None
     queue = iter(range(total))
 
+    statuses: dict = {}
+
     async def send(client) -> bool:
+        """A valid request is answered 200; anything else (a 4xx too) needs the retry."""
         try:
             r = await client.post(path, json=body)
-            return r.status_code < 500
-        except httpx.TransportError:
+        except httpx.TransportError as e:
+            statuses[type(e).__name__] = statuses.get(type(e).__name__, 0) + 1
             return False
+        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+        return r.status_code == 200
 
     async def worker(client):
         nonlocal done, retried, lost, recovery
@@ -72,7 +77,7 @@ async def load_with_kill(path: str, body: dict, deployment: str, total=200, conc
     async with httpx.AsyncClient(base_url=BASE, timeout=180) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     result = {"deployment": deployment, "sent": total, "retried": retried, "lost": lost,
-              "recovered_s": round(await recovery, 1)}
+              "statuses": statuses, "recovered_s": round(await recovery, 1)}
     print(f"\n{result}")
     return result
 
