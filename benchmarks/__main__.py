@@ -38,11 +38,8 @@ async def chat_over_http(base: str, model: str, max_tokens: int, levels: list[in
         url = f"{base}/v1/chat/completions"
         await load.chat_http(client, url, model, PROMPTS[0], 8, extra)  # warm the path
         for c in levels:
-            samples, wall = await load.run_concurrent(
-                lambda i: load.chat_http(client, url, model, PROMPTS[i % len(PROMPTS)], max_tokens,
-                                         extra),
-                requests_for(c, quick), c)
-            out[c] = load.summarize(samples, wall)
+            out[c], samples = await load.chat_level(client, url, model, max_tokens,
+                                                    requests_for(c, quick), c, extra)
             out[c]["samples"] = [s.extra for s in samples if s.extra]
             bar.update()
     return out
@@ -84,12 +81,7 @@ async def embed_over_http(base: str, model: str, levels: list[int], quick: bool,
             await load.embed_http(client, url, model, SENTENCES[:1])
         for c in levels:
             total = max(16, 4 * c) if quick else max(64, 16 * c)
-            samples, wall = await load.run_concurrent(
-                lambda i: load.embed_http(client, url, model, [SENTENCES[i % len(SENTENCES)]]),
-                total, c)
-            summary = load.summarize(samples, wall)
-            out[c] = {"sentences_per_s": summary["requests_per_s"], "failed": summary["failed"],
-                      "p50_ms": summary["e2e_p50_ms"], "p95_ms": summary["e2e_p95_ms"]}
+            out[c] = await load.embed_level(client, url, model, total, c)
             bar.update()
     return out
 

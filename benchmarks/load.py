@@ -142,3 +142,23 @@ async def embed_http(client: httpx.AsyncClient, url: str, model: str, texts: lis
         return Sample(ok=False, extra={"error": type(e).__name__})
     took = time.perf_counter() - started
     return Sample(ok=r.status_code == 200, ttft=took, e2e=took, tokens=len(texts))
+
+
+async def chat_level(client: httpx.AsyncClient, url: str, model: str, max_tokens: int, total: int,
+                     concurrency: int, extra: dict | None = None) -> tuple[dict, list[Sample]]:
+    """`total` streamed chats over PROMPTS, `concurrency` at a time: the summary and the samples."""
+    samples, wall = await run_concurrent(
+        lambda i: chat_http(client, url, model, PROMPTS[i % len(PROMPTS)], max_tokens, extra),
+        total, concurrency)
+    return summarize(samples, wall), samples
+
+
+async def embed_level(client: httpx.AsyncClient, url: str, model: str, total: int,
+                      concurrency: int) -> dict:
+    """`total` one-sentence embedding requests, `concurrency` at a time."""
+    samples, wall = await run_concurrent(
+        lambda i: embed_http(client, url, model, [SENTENCES[i % len(SENTENCES)]]),
+        total, concurrency)
+    summary = summarize(samples, wall)
+    return {"sentences_per_s": summary["requests_per_s"], "failed": summary["failed"],
+            "p50_ms": summary["e2e_p50_ms"], "p95_ms": summary["e2e_p95_ms"]}

@@ -123,10 +123,7 @@ async def chat(base: str, model: str, concurrency: int, total: int, extra: dict 
         url = f"{base}/v1/chat/completions"
         await load.chat_http(client, url, model, PROMPTS[0], 8, extra)  # warm the path
         before = cpu_snapshot() if budget else None
-        samples, wall = await load.run_concurrent(
-            lambda i: load.chat_http(client, url, model, PROMPTS[i % len(PROMPTS)], MAX_TOKENS,
-                                     extra), total, concurrency)
-        out = load.summarize(samples, wall)
+        out, _ = await load.chat_level(client, url, model, MAX_TOKENS, total, concurrency, extra)
         if budget:
             out["cpu_ms_per_request"] = cpu_ms_per_request(before, cpu_snapshot(), total)
         return out
@@ -138,13 +135,8 @@ async def embeddings(base: str, model: str, concurrency: int, total: int) -> dic
         for _ in range(4):
             await load.embed_http(client, url, model, SENTENCES[:1])
         before = cpu_snapshot()
-        samples, wall = await load.run_concurrent(
-            lambda i: load.embed_http(client, url, model, [SENTENCES[i % len(SENTENCES)]]),
-            total, concurrency)
-        summary = load.summarize(samples, wall)
-        return {"sentences_per_s": summary["requests_per_s"], "failed": summary["failed"],
-                "p50_ms": summary["e2e_p50_ms"], "p95_ms": summary["e2e_p95_ms"],
-                "cpu_ms_per_request": cpu_ms_per_request(before, cpu_snapshot(), total)}
+        out = await load.embed_level(client, url, model, total, concurrency)
+        return {**out, "cpu_ms_per_request": cpu_ms_per_request(before, cpu_snapshot(), total)}
 
 
 async def scoring_under_embedding_load(base: str, model: str, embed_model: str,

@@ -117,8 +117,9 @@ async def read_json(request: Request, model: type[Body], limit: int) -> Body:
 
 async def client_gone(request: Request) -> None:
     """Returns when the client closes the connection (its body has been read by then)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    message = await request.receive()
+    while message["type"] != "http.disconnect":
+        message = await request.receive()
 
 
 def sse(data: dict | str) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from pathlib import Path
 
@@ -31,9 +32,15 @@ def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 1,
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
-def serve_env() -> dict[str, str]:
-    """Ray Serve's data path from cluster/serve.env (KEY=VALUE lines), as `make` exports it."""
-    pairs = (line.split("=", 1) for line in (ROOT / "cluster" / "serve.env").read_text().splitlines()
-             if line.strip() and not line.lstrip().startswith("#"))
-    return {k.strip(): v.strip() for k, v in pairs}
 
+def generator():
+    """cluster/generate.py as a module (a script, not a package): the manifests' source."""
+    spec = importlib.util.spec_from_file_location("cluster_generate", ROOT / "cluster" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def serve_env() -> dict[str, str]:
+    """Ray Serve's data path from cluster/serve.env, parsed as the cluster manifests parse it."""
+    return generator().serve_env()

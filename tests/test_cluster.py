@@ -1,15 +1,8 @@
 """The cluster files run the same serve config as `make serve` and are current."""
 
-import importlib.util
-
 import yaml
 
-
-def generator():
-    spec = importlib.util.spec_from_file_location("cluster_generate", "cluster/generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import generator
 
 
 def test_rayservice_embeds_serve_config_yaml():

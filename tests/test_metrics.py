@@ -31,7 +31,7 @@ def test_dashboard_and_readme_name_only_metrics_that_exist():
 
 
 def test_dashboard_file_is_the_generated_one():
-    from tests.test_cluster import generator
+    from tests.helpers import generator
 
     with open("cluster/grafana-dashboard.json") as f:
         assert json.load(f) == generator().dashboard()  # else run `python cluster/generate.py`
