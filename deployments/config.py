@@ -118,7 +118,8 @@ class LLMConfig(Strict):
         "every chunk crosses three actor hops, so fewer chunks leave more CPU to the engine",
     )
     stall_timeout_s: float = Field(
-        60.0, gt=0, description="health fails when requests wait this long with no token produced"
+        20.0, gt=0, description="health fails (Serve replaces the replica) when the engine core "
+        "has not answered for this long; the router routes around it sooner (stall_reroute_s)"
     )
     consensus_samples: int = Field(
         0, ge=0, le=16, description="k > 0: this tier draws k samples with each answer and answers "
@@ -204,6 +205,11 @@ class RouterConfig(Strict):
     )
     probe_timeout_s: float = Field(
         10.0, gt=0, description="a probe taking longer marks its deployment slow (still used)"
+    )
+    stall_reroute_s: float = Field(
+        10.0, gt=0, description="a tier whose engine core has left a question unanswered this "
+        "long (a probe says so) is routed around while another tier can answer: its waiting "
+        "attempts move on at once (a crowded 2-core host showed silences of up to 5 s)"
     )
     max_attempts_per_tier: int = Field(2, ge=1)
     retry_temperature_factor: float = Field(

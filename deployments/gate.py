@@ -118,16 +118,45 @@ def no_tier_error(some_busy: bool) -> APIError:
 class Availability:
     """What the router knows of each downstream deployment: its last probe, or a failed call.
 
-    A deployment marked down is skipped at once instead of waited on: Serve queues calls to a
-    deployment whose replicas are restarting, and the first call through a fresh handle to a failed
-    deployment waits forever rather than raising. The next probe that answers brings it back.
+    A deployment that is down is skipped at once instead of waited on: Serve queues calls to a
+    deployment whose replicas are restarting, and the first call through a fresh handle to a
+    failed deployment waits forever rather than raising. Down is "unavailable" (a failed call or
+    probe), or "stalled" (its engine core left a question unanswered for `stall_after_s`) while
+    another of the `tiers` can answer sooner: a stall may be only a slow step on a crowded host,
+    and waiting beats a 503. Calls already waiting on a deployment that goes down are told through
+    `fell(name)`, so they move on too. The next probe that answers brings it back.
     """
 
-    def __init__(self, names: list[str]):
+    def __init__(self, names: list[str], stall_after_s: float = float("inf"),
+                 tiers: list[str] = ()):
+        self.stall_after_s = stall_after_s
+        self.tiers = list(tiers)
         self.state: dict[str, dict] = {n: {"status": "starting"} for n in names}
+        self._fell = {n: asyncio.Event() for n in names}
+
+    def _set(self, name: str, state: dict) -> None:
+        """A new state for `name`; any deployment it makes go down (or come back) is told."""
+        was = {n: self.is_down(n) for n in self.state}
+        self.state[name] = state
+        for n, was_down in was.items():
+            if self.is_down(n) and not was_down:
+                self._fell[n].set()
+                log.warning("%s is down: %s (%s)", n, self.state[n]["status"],
+                            self.state[n].get("error", ""))
+            elif was_down and not self.is_down(n):
+                self._fell[n] = asyncio.Event()
+
+    def fell(self, name: str) -> asyncio.Event:
+        """Set when `name` is found down from now on (a fresh event once it is back up)."""
+        return self._fell[name]
 
     def up(self, name: str, info: dict) -> None:
-        self.state[name] = {"status": "ok", **info}
+        silent = info.get("engine_silent_s", 0)
+        if silent > self.stall_after_s:
+            self._set(name, {"status": "stalled", **info,
+                             "error": f"engine core silent for {silent:.0f} s"})
+        else:
+            self._set(name, {"status": "ok", **info})
 
     def down(self, name: str, error: BaseException) -> None:
         """A failed probe or call, by `failure`: busy changes nothing; slow marks a deployment
@@ -139,15 +168,18 @@ class Availability:
             return
         if kind == "slow":
             if was != "starting":
-                self.state[name] = {**self.state[name], "status": "slow", "error": "TimeoutError"}
+                self._set(name, {**self.state[name], "status": "slow", "error": "TimeoutError"})
             return
-        self.state[name] = {**self.state[name], "status": "unavailable",
-                            "error": type(error).__name__}
-        if was != "unavailable":
-            log.warning("%s is unavailable (%s)", name, type(error).__name__)
+        self._set(name, {**self.state[name], "status": "unavailable", "error": type(error).__name__})
 
     def is_down(self, name: str) -> bool:
-        return self.state[name]["status"] == "unavailable"
+        status = self.state[name]["status"]
+        if status != "stalled":
+            return status == "unavailable"
+        silent = self.state[name]["engine_silent_s"]
+        return any(self.state[t]["status"] in ("ok", "slow") or (
+            self.state[t]["status"] == "stalled" and self.state[t]["engine_silent_s"] < silent)
+            for t in self.tiers if t != name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,7 +343,8 @@ class Gate:
         self.embedder_name = embedder_name
         self.calibration = quality.Calibration.load(config.quality.calibration_file)
         self.downstream = {**{t.name: h for t, h in zip(tiers, tier_handles)}, embedder_name: embedder}
-        self.availability = Availability(list(self.downstream))
+        self.availability = Availability(list(self.downstream), config.stall_reroute_s,
+                                         [t.name for t in tiers])
         self._probes = [asyncio.create_task(self._watch(n, h)) for n, h in self.downstream.items()]
 
     async def _watch(self, name: str, handle: DeploymentHandle) -> None:
@@ -396,7 +429,8 @@ class Gate:
 
         async def open_stream(attempt: Attempt) -> tuple[int, object, GenerationDelta]:
             self._skip_if_down(attempt.tier)
-            generation = self._generation(request, request_id, attempt.sampling, attempt.tier, qcfg)
+            generation = self._generation(request, request_id, attempt.sampling, attempt.tier, qcfg,
+                                          consensus=False)
             stream = self.tier_handles[attempt.tier].options(stream=True).stream.remote(generation)
             try:
                 first = await self._attempt(attempt.tier, request_id, stream.__anext__(),
@@ -414,7 +448,11 @@ class Gate:
         try:
             yield {"start": {"tier": cfg.name, "model": cfg.model_id}}
             yield {"delta": first}
-            async for delta in stream:
+            while True:
+                try:  # a tier that stalls mid-answer ends the stream with a 503 in-band
+                    delta = await self._unless_down(cfg.name, stream.__anext__())
+                except StopAsyncIteration:
+                    break
                 deltas.append(delta)
                 yield {"delta": delta}
         except BaseException:  # the client went away (or the tier failed): the engine aborts
@@ -449,11 +487,30 @@ class Gate:
         "down" or "busy" (by `failure`) becomes TierUnavailable, so the caller moves on."""
         name = self.tiers[tier].name
         try:
-            return await asyncio.wait_for(call, timeout_s)
+            return await self._unless_down(name, call, timeout_s)
         except UNAVAILABLE as e:
             self._failed(name, e)
             log.warning("[%s] tier %s unavailable (%s)", request_id, name, type(e).__name__)
             raise TierUnavailable(name, busy=failure(e) == "busy") from e
+
+    async def _unless_down(self, name: str, call: Awaitable, timeout_s: float | None = None):
+        """`call`'s result, unless tier `name` is found down or stalled first (ServiceUnavailable,
+        at once: a stopped engine would hold the call until `timeout_s`) or `timeout_s` passes
+        (asyncio.TimeoutError). Either way the call is cancelled, so its engine aborts it."""
+        work = asyncio.ensure_future(call)
+        fell = asyncio.ensure_future(self.availability.fell(name).wait())
+        try:
+            await asyncio.wait({work, fell}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            if work.done():
+                return work.result()
+            if fell.done():
+                state = self.availability.state[name]
+                raise ServiceUnavailable(f"LLM tier {name!r} is {state['status']} "
+                                         f"({state.get('error', '')})")
+            raise asyncio.TimeoutError
+        finally:
+            work.cancel()
+            fell.cancel()
 
     async def _gated(self, request, request_id: str) -> Outcome:
         qcfg, max_attempts, _ = self._quality_config(request)
@@ -498,13 +555,16 @@ class Gate:
         return outcome
 
     def _generation(self, request, request_id: str, sampling: Sampling, tier: int,
-                    qcfg: QualityConfig) -> GenerationRequest:
-        """One attempt's request to a tier: the client's sampling, plus what the gate needs."""
+                    qcfg: QualityConfig, consensus: bool = True) -> GenerationRequest:
+        """One attempt's request to a tier: the client's sampling, plus what the gate needs: the
+        scoring samples, or a consensus tier's if more (not for a stream: its answer is sent as
+        it is made, so no consensus can pick another)."""
         cfg = self.tiers[tier]
-        samples = max(qcfg.samples if qcfg.enabled else 0, cfg.consensus_samples)
+        samples = max(qcfg.samples if qcfg.enabled else 0,
+                      cfg.consensus_samples if consensus else 0)
         return GenerationRequest(
             request_id=request_id, sampling=sampling, samples=samples,
-            sample_temperature=(cfg.consensus_temperature if cfg.consensus_samples
+            sample_temperature=(cfg.consensus_temperature if consensus and cfg.consensus_samples
                                 else qcfg.sample_temperature),
             signal_top_k=qcfg.signal_top_k if qcfg.enabled else 0, **prompt_of(request))
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ray import serve
 
-from deployments import memory, metrics
+from deployments import memory, metrics, reaper
 from deployments.config import LLMConfig
 from deployments.models import llm_folder
 from deployments.protocol import (
@@ -83,6 +83,26 @@ def resolve_max_tokens(sampling: Sampling, config: LLMConfig, prompt_tokens: int
     return sampling.max_tokens
 
 
+def keeping_scheduler_stats(store: dict):
+    """A vLLM stat-logger class that keeps the engine's last scheduler figures (KV-cache use,
+    waiting requests) in `store`, for `info` and /health; vLLM's own Prometheus logger runs too."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class SchedulerSnapshot(StatLoggerBase):
+        def __init__(self, vllm_config, engine_index: int = 0):
+            self.engine_index = engine_index
+
+        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
+            if scheduler_stats is not None:
+                store["kv_cache_usage"] = round(scheduler_stats.kv_cache_usage, 4)
+                store["waiting_requests"] = scheduler_stats.num_waiting_reqs
+
+        def log_engine_initialized(self):
+            store.setdefault("kv_cache_usage", 0.0)
+
+    return SchedulerSnapshot
+
+
 @contextlib.asynccontextmanager
 async def loading_in_turn(turn: int, app: str):
     """Engines of one app on one CPU host load one after another, in tier order: two loads at once
@@ -111,6 +131,8 @@ class LLMDeployment:
         import torch
 
         self.config = config
+        # First, so that no way this process can end leaves its engine running (reaper.py).
+        self._reaper = reaper.watch_me()
         folder = llm_folder(config.model_source)  # a missing model fails here, before vLLM starts
         has_cuda = torch.cuda.is_available()
         if has_cuda:  # each engine on its own GPU share: load at once
@@ -153,10 +175,14 @@ class LLMDeployment:
             args.gpu_memory_utilization = gpu_memory_utilization(config)
         else:
             args.kv_cache_memory_bytes = int(config.kv_cache_gib * (1 << 30))
-        # vLLM's own metrics (TTFT, time per output token, tokens, queue) through Ray's exporter.
-        self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[RayPrometheusStatLogger])
+        # vLLM's own metrics (TTFT, time per output token, tokens, queue) through Ray's exporter,
+        # and its last scheduler figures for `info`.
+        self.scheduler: dict = {}
+        self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[
+            RayPrometheusStatLogger, keeping_scheduler_stats(self.scheduler)])
         self.tokenizer = self.engine.tokenizer
-        self._last_progress = time.monotonic()
+        self._asked_at: float | None = None
+        self._heartbeat = asyncio.create_task(self._listen_to_engine())
         self.dtype = str(self.engine.model_config.dtype).removeprefix("torch.")
         # The first request through a fresh engine pays its lazy setup (~10 s here): pay it now,
         # before Serve marks the replica ready.
@@ -280,8 +306,7 @@ class LLMDeployment:
         return out
 
     async def _engine_outputs(self, prompt_ids: list[int], params, request_id: str):
-        """vLLM's outputs for one request, with its failures as our API errors; each output is
-        progress for the stall check."""
+        """vLLM's outputs for one request, with its failures as our API errors."""
         from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
         from vllm.v1.engine.exceptions import EngineDeadError
@@ -290,7 +315,6 @@ class LLMDeployment:
             async for out in self.engine.generate(
                 TokensPrompt(prompt_token_ids=prompt_ids), params, request_id
             ):
-                self._last_progress = time.monotonic()
                 yield out
         except EngineDeadError as e:
             raise ServiceUnavailable(f"LLM tier {self.config.name!r}: engine is dead") from e
@@ -352,7 +376,27 @@ class LLMDeployment:
     def running_requests(self) -> int:
         return self.engine.get_num_unfinished_requests()
 
+    async def _listen_to_engine(self) -> None:
+        """Asks the engine core a trivial question (a utility call over its socket) every second.
+        The core answers between two steps, so a busy one answers within a step's time, and one
+        that is stopped or hung in a step does not answer at all, whatever requests it holds.
+        Ends when the engine dies (then `engine.errored` says so)."""
+        with contextlib.suppress(Exception):
+            while True:
+                self._asked_at = time.monotonic()
+                await self.engine.is_sleeping()
+                self._asked_at = None
+                await asyncio.sleep(1)
+
+    def silent_seconds(self) -> float:
+        """How long the engine core has left the current question unanswered (0: it answered)."""
+        return 0.0 if self._asked_at is None else time.monotonic() - self._asked_at
+
     def info(self) -> dict:
+        """What the router's probe reads; raises when the engine is dead, so the tier is marked
+        down at once (the replica itself still answers until Serve's health check replaces it)."""
+        if self.engine.errored:
+            raise ServiceUnavailable(f"LLM tier {self.config.name!r}: engine is dead")
         return {
             "tier": self.config.name,
             "model": self.config.model_id,
@@ -363,27 +407,26 @@ class LLMDeployment:
             "memory_estimate_gib": self.memory["estimate_gib"],
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "running_requests": self.running_requests(),
+            "engine_silent_s": round(self.silent_seconds(), 1),
+            # as of the engine's last step (an abort frees its blocks without a step)
+            **self.scheduler,
         }
 
     async def check_health(self) -> None:
-        """Fails when the engine is dead, or stalled: requests waiting and no token for too long.
+        """Fails when the engine is dead, or stalled: its core silent for `stall_timeout_s`.
 
-        A busy engine keeps producing tokens, so a burst of load does not fail this check.
+        A busy core answers between steps, so a burst of load does not fail this check.
         """
         try:
             await self.engine.check_health()
         except Exception:
             metrics.inc("graphserve_health_check_failures", reason="engine_dead")
             raise
-        if self.running_requests() == 0:
-            self._last_progress = time.monotonic()
-            return
-        idle = time.monotonic() - self._last_progress
-        if idle > self.config.stall_timeout_s:
+        silent = self.silent_seconds()
+        if silent > self.config.stall_timeout_s:
             metrics.inc("graphserve_health_check_failures", reason="stalled")
-            raise RuntimeError(
-                f"engine stalled: {self.running_requests()} requests waiting, no token for {idle:.0f} s"
-            )
+            raise RuntimeError(f"engine stalled: its core has not answered for {silent:.0f} s "
+                               f"({self.running_requests()} requests waiting)")
 
     def __del__(self):
         engine = getattr(self, "engine", None)

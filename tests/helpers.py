@@ -6,6 +6,7 @@ import importlib.util
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +32,39 @@ def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 1,
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
+
+def title(process: psutil.Process) -> str:
+    """A process's command line as `ps` shows it (Ray and vLLM retitle their processes)."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def ended(pid: int) -> bool:
+    """The process is gone (or a zombie: dead, waiting for a parent that may never reap it)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def vllm_processes() -> list[psutil.Process]:
+    """vLLM's engine cores and workers on this host (their titles start with VLLM::)."""
+    return [p for p in psutil.process_iter() if title(p).startswith("VLLM::")]
+
+
+def orphaned_engines() -> list[str]:
+    """vLLM processes with no Serve replica above them: an engine that outlived its replica."""
+    orphans = []
+    for process in vllm_processes():
+        try:
+            parents = process.parents()
+        except psutil.NoSuchProcess:
+            continue
+        if not any(title(p).startswith("ray::ServeReplica") for p in parents):
+            orphans.append(f"{process.pid} {title(process)}")
+    return orphans
 
 
 def generator():

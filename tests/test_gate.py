@@ -159,6 +159,59 @@ def test_availability_marks_down_until_a_probe_answers():
     assert seen.is_down("fast") and not seen.is_down("embedder")
 
 
+def test_a_silent_engine_is_routed_around_and_its_waiting_calls_are_told():
+    """A probe that finds an engine core silent past `stall_after_s` marks the tier stalled,
+    down while another tier can answer: a call already waiting on it ends at once with a 503
+    instead of at its timeout; the tier is back, with a fresh signal, when its core answers."""
+    from deployments.gate import Availability, Gate
+
+    async def scenario():
+        gate = Gate.__new__(Gate)  # only the availability is needed: no Ray
+        gate.availability = seen = Availability(["fast", "careful", "embedder"], stall_after_s=5,
+                                                tiers=["fast", "careful"])
+        seen.up("fast", {"engine_silent_s": 0.8})
+        seen.up("careful", {"engine_silent_s": 0.0})
+        assert not seen.is_down("fast")
+        assert await gate._unless_down("fast", asyncio.sleep(0, "answer"), 1) == "answer"
+        with pytest.raises(asyncio.TimeoutError):  # a slow call still times out
+            await gate._unless_down("fast", asyncio.sleep(10), 0.05)
+
+        never = asyncio.get_running_loop().create_future()  # an engine that will not answer
+        waiting = asyncio.ensure_future(gate._unless_down("fast", never, 60))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        seen.up("fast", {"engine_silent_s": 6.2})
+        with pytest.raises(ServiceUnavailable, match="stalled"):
+            await asyncio.wait_for(waiting, 1)
+        assert never.cancelled()  # the call itself is cancelled: its engine aborts it
+        assert seen.is_down("fast") and seen.state["fast"]["status"] == "stalled"
+
+        seen.up("fast", {"engine_silent_s": 0.0})
+        assert not seen.is_down("fast") and not seen.fell("fast").is_set()
+        assert await gate._unless_down("fast", asyncio.sleep(0, "again"), 1) == "again"
+
+    asyncio.run(scenario())
+
+
+def test_a_stalled_tier_is_still_used_when_no_other_tier_can_answer_sooner():
+    """A stall may be a slow step on a crowded host: with the other tier dead, the stalled one
+    serves (waiting beats a 503); with both stalled, the less silent one does."""
+    from deployments.gate import Availability
+
+    seen = Availability(["fast", "careful"], stall_after_s=5, tiers=["fast", "careful"])
+    seen.up("fast", {"engine_silent_s": 0.0})
+    seen.up("careful", {"engine_silent_s": 7.0})
+    assert seen.is_down("careful")
+    seen.down("fast", DeploymentUnavailableError("fast"))
+    assert seen.is_down("fast") and not seen.is_down("careful")
+    assert not seen.fell("careful").is_set()  # back up, told with a fresh signal
+    seen.up("fast", {"engine_silent_s": 9.0})
+    assert seen.is_down("fast") and not seen.is_down("careful")
+    seen.up("careful", {"engine_silent_s": 12.0})
+    assert not seen.is_down("fast") and seen.is_down("careful")
+    assert seen.fell("careful").is_set()
+
+
 def test_a_full_tier_is_429_not_503():
     from deployments.protocol import Overloaded
 
@@ -251,3 +304,20 @@ def test_one_failure_policy_says_what_each_failure_means_for_the_deployment_and_
     assert type(bug) is APIError and bug.status == 500 and "internal" in bug.message
     given = BadRequest("bad", param="n")
     assert api_error(given) is given
+
+
+def test_a_stream_draws_only_the_scoring_samples_even_from_a_consensus_tier():
+    """A streamed answer is sent as it is made, so a consensus tier's extra samples could pick
+    nothing: the stream draws the scoring samples only (at their temperature)."""
+    from deployments.config import LLMConfig, QualityConfig
+    from deployments.gate import Gate
+
+    gate = Gate.__new__(Gate)
+    gate.tiers = [LLMConfig(name="careful", consensus_samples=8, consensus_temperature=0.3)]
+    request = ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    qcfg = QualityConfig(samples=4, sample_temperature=0.8)
+    whole = gate._generation(request, "r", Sampling(), 0, qcfg)
+    streamed = gate._generation(request, "r", Sampling(), 0, qcfg, consensus=False)
+    assert (whole.samples, whole.sample_temperature) == (8, 0.3)
+    assert (streamed.samples, streamed.sample_temperature) == (4, 0.8)

@@ -9,7 +9,12 @@ import openai
 import pytest
 
 from benchmarks.peers import stop_orphaned_haproxy
-from tests.helpers import config_args, serve_env, wait_until  # noqa: F401  (e2e tests import them)
+from tests.helpers import (  # noqa: F401  (e2e tests import them)
+    config_args,
+    serve_env,
+    vllm_processes,
+    wait_until,
+)
 
 # The data path `make` exports (cluster/serve.env), also for a bare `pytest` run: the tests' Ray
 # inherits this environment.
@@ -54,6 +59,8 @@ def base_url():
     serve.shutdown()
     ray.shutdown()
     stop_orphaned_haproxy()
+    # No engine outlives its replica, however Serve ended it (deployments/reaper.py).
+    wait_until(lambda: not vllm_processes(), 30, "every vLLM process to end with its replica")
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +86,9 @@ def variant(tiers: list[dict], embedder_source: str) -> dict:
     return args
 
 
-def deploy(name: str, args: dict) -> None:
+def deploy(name: str, args: dict, broken: bool = False) -> None:
+    """Runs an app next to the main graph; `broken`: one of its deployments is meant to fail
+    (Serve then raises once it gives up on it, while the rest of the app keeps running)."""
     from ray import serve
 
     import graph
@@ -87,4 +96,5 @@ def deploy(name: str, args: dict) -> None:
     try:
         serve.run(graph.app_builder(args), name=name, route_prefix=f"/{name}")
     except RuntimeError:
-        pass  # expected: a deployment of this app failed; the rest of it keeps running
+        if not broken:
+            raise

@@ -1,6 +1,7 @@
 """Autoscaling from the config: the embedder and an LLM tier scale up under load and back down
 when idle, with no failed request while replicas go away (Serve drains a replica before stopping
-it), and a redeploy lets the streams in flight finish. Each in its own app next to the main one."""
+it), and a redeploy under load swaps versions with no stream cut short. Each in its own app next
+to the main one."""
 
 import asyncio
 import copy
@@ -58,7 +59,7 @@ def test_embedder_scales_up_under_load_and_down_without_failures(base_url):
     args["embedder"]["deployment"] = {
         "num_replicas": None, "num_cpus": 0.1, "max_ongoing_requests": 8,
         "autoscaling": quick_autoscaling(target_ongoing_requests=2)}
-    deploy("scaling", args)
+    deploy("scaling", args, broken=True)  # its LLM tier: only the embedder is under test
     wait_until(lambda: running_replicas() == 1, 120, "the first embedder replica")
     try:
         codes: list[int] = []
@@ -105,9 +106,18 @@ async def chat_load(stop: asyncio.Event, concurrency: int, codes: list[int]) -> 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
+def new_version_answers() -> bool:
+    """A request without max_tokens gets the tier's default: 7 tokens in the new version."""
+    r = httpx.post(CHAT_URL, timeout=120, json={
+        "model": "smollm2-135m-instruct", "quality": {"enabled": False},
+        "messages": [{"role": "user", "content": "Tell me about the sea."}]})
+    return r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 7
+
+
 def test_llm_scales_up_under_load_and_down_while_streams_finish(base_url):
     """A second vLLM engine starts under load; when load falls, Serve drains the replica it
-    removes (graceful_shutdown_timeout_s): every stream in flight during the downscale ends."""
+    removes (graceful_shutdown_timeout_s): every stream in flight during the downscale ends; a
+    redeploy under load swaps the version with no stream cut short."""
     args = variant([{"name": "elastic", "deployment": {
         "num_replicas": None, "num_cpus": 0.1, "max_ongoing_requests": 16,
         "graceful_shutdown_timeout_s": 60,
@@ -125,22 +135,27 @@ def test_llm_scales_up_under_load_and_down_while_streams_finish(base_url):
             # streams in flight on it.
             down = await run_until(lambda stop: chat_load(stop, 2, codes),
                                    lambda: llm_replicas() <= 1, 180)
-            # A redeploy (new sampling defaults: a new version) while two streams are in flight:
-            # the old replica is drained, so both finish; no new stream starts meanwhile.
+            # A rolling update under load: a new version (its default max_tokens 7 instead of 256,
+            # which the load's streams, asking for 48, do not use) deployed while streams keep
+            # starting; the load stops only once the new version has answered.
             changed = copy.deepcopy(args)
-            changed["tiers"][0]["sampling"]["temperature"] = 0.5
+            changed["tiers"][0]["sampling"]["max_tokens"] = 7
+            assert not await asyncio.to_thread(new_version_answers)  # the old one says more
             stop = asyncio.Event()
             task = asyncio.create_task(chat_load(stop, 2, codes))
             await asyncio.sleep(3)
-            stop.set()  # the two streams in flight finish; no new one starts
             started = time.monotonic()
-            await asyncio.gather(task, asyncio.to_thread(deploy, "llmscaling", changed))
-            return up, down, under_load, time.monotonic() - started
+            await asyncio.to_thread(deploy, "llmscaling", changed)
+            await asyncio.to_thread(wait_until, new_version_answers, 60, "the new version")
+            took = time.monotonic() - started
+            stop.set()
+            await task
+            return up, down, under_load, took
 
         up_s, down_s, under_load, redeploy_s = asyncio.run(scenario())
         print(f"\nLLM: 2 replicas after {up_s:.1f} s of load ({under_load} streams), back to 1 "
-              f"{down_s:.1f} s after the load fell, redeployed in {redeploy_s:.0f} s; "
-              f"{len(codes)} streams: { {c: codes.count(c) for c in set(codes)} }")
+              f"{down_s:.1f} s after the load fell, the new version answering {redeploy_s:.0f} s "
+              f"into the redeploy; {len(codes)} streams: { {c: codes.count(c) for c in set(codes)} }")
         assert up_s < 300, "the LLM did not scale up under load"
         assert llm_replicas() == 1, "the LLM did not scale back down"
         assert set(codes) == {200}, codes

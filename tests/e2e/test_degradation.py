@@ -3,8 +3,8 @@
 Two more applications run on the same Serve instance. Their broken deployments point at a model
 folder that does not exist: Serve tries the load three times, marks them DEPLOY_FAILED with our
 error, and keeps them down, so each case is deterministic rather than a race with a restart.
-- /degraded: tiers [broken, backup] and a broken embedder: the backup tier answers, scored
-  without relevance;
+- /degraded: tiers [broken, toobig, backup] and a broken embedder: the backup tier answers,
+  scored without relevance (toobig asks for a 4 TiB KV cache: the memory preflight refuses it);
 - /nollm: a broken tier only, a working embedder: chat is 503, embeddings still work.
 """
 
@@ -34,10 +34,11 @@ def broken_apps(base_url):
     backup_tier = {"name": "backup", "deployment": {"num_cpus": 0.4, "num_replicas": 1,
                                                     "max_ongoing_requests": 4,
                                                     "max_queued_requests": 4}}
-    deploy("degraded", variant([broken_tier, backup_tier], BROKEN))
+    too_big = {"name": "toobig", "kv_cache_gib": 4096, "deployment": {**SMALL, "num_replicas": 1}}
+    deploy("degraded", variant([broken_tier, too_big, backup_tier], BROKEN), broken=True)
     nollm = variant([broken_tier], config_args()["embedder"]["model_source"])
     nollm["embedder"]["deployment"].update(max_ongoing_requests=2, max_queued_requests=2)
-    deploy("nollm", nollm)
+    deploy("nollm", nollm, broken=True)
 
     def settled():
         apps = serve.status().applications
@@ -52,7 +53,8 @@ def broken_apps(base_url):
         return {n for n, d in body["deployments"].items() if d["status"] == "unavailable"} == down
 
     # The router marks a failed deployment down at its next probe (every 2 s).
-    wait_until(lambda: probed("degraded", {"broken", "embedder"}), 60, "the router's probes")
+    wait_until(lambda: probed("degraded", {"broken", "toobig", "embedder"}), 60,
+               "the router's probes")
     wait_until(lambda: probed("nollm", {"broken"}), 60, "the router's probes")
     return serve.status().applications
 
@@ -63,6 +65,10 @@ def test_failed_model_load_is_reported_with_its_cause(broken_apps):
         assert broken.status.value == "DEPLOY_FAILED"
         assert "failed to start 3 times" in broken.message  # bounded retries, not a crash loop
         assert "is not a local Hugging Face folder" in broken.message  # our cause, not a mystery
+    # A model that does not fit: refused before loading, with the numbers and the fix.
+    too_big = broken_apps["degraded"].deployments["toobig"]
+    assert too_big.status.value == "DEPLOY_FAILED" and "the model needs" in too_big.message
+    assert "GiB KV cache" in too_big.message and "lower kv_cache_gib" in too_big.message
     assert broken_apps["degraded"].deployments["backup"].status.value == "HEALTHY"
 
 

@@ -1,20 +1,32 @@
-"""Kill a replica of each deployment in the middle of bounded load: nothing is lost (the client
-retries once on a 5xx or a broken connection, as the openai client does), and Serve replaces the
-replica. Runs after the other tests of the main graph: it takes replicas away on purpose."""
+"""Faults under load at the main graph: nothing is lost (the client retries once on a 5xx or a
+broken connection, as the openai client does), Serve replaces what failed, and no vLLM process
+outlives its replica. Runs after the other tests of the main graph: it breaks things on purpose.
+
+- a replica of each deployment killed (`ray.kill`, SIGKILL of the actor);
+- the entry tier's vLLM engine core SIGKILLed (the replica lives on, its engine is dead);
+- the entry tier's engine core SIGSTOPped (a stall: the replica answers, its engine does not).
+"""
 
 import asyncio
+import collections
+import os
+import signal
 import time
 
 import httpx
+import psutil
 import pytest
 import ray
 from ray import serve
 
-from tests.e2e.conftest import BASE
+from tests.e2e.conftest import BASE, BROKEN, variant
+from tests.helpers import ended, orphaned_engines, title, wait_until
 
 CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
 APP = "graphserve"
+HI = {"model": CHAT, "max_tokens": 4, "temperature": 0,
+      "messages": [{"role": "user", "content": "Hi"}]}
 
 
 def replica_actor(deployment: str):
@@ -25,73 +37,186 @@ def replica_actor(deployment: str):
     return ray.get_actor(found[0]["name"], namespace=found[0]["namespace"]), found[0]["name"]
 
 
-def seconds_to_recover(deployment: str, old_name: str, killed_at: float) -> float:
-    """Polls (in a thread, beside the load) until Serve reports the deployment healthy again on
-    a replica other than the one killed."""
-    while time.monotonic() - killed_at < 300:
-        if serve.status().applications[APP].deployments[deployment].status.value == "HEALTHY":
-            try:
-                if replica_actor(deployment)[1] != old_name:
-                    return time.monotonic() - killed_at
-            except AssertionError:
-                pass  # the old and the new replica both listed for a moment
-        time.sleep(0.5)
-    raise AssertionError(f"{deployment} did not come back within 300 s")
+def engine_core(tier: str, app: str = APP) -> psutil.Process:
+    """The vLLM engine-core process of the one replica of `tier`."""
+    replicas = [p for p in psutil.process_iter()
+                if title(p).startswith(f"ray::ServeReplica:{app}:{tier}")]
+    assert len(replicas) == 1, [title(p) for p in replicas]
+    cores = [p for p in replicas[0].children(recursive=True) if "EngineCore" in title(p)]
+    assert len(cores) == 1, [title(p) for p in replicas[0].children(recursive=True)]
+    return cores[0]
 
 
-async def load_with_kill(path: str, body: dict, deployment: str, total=200, concurrency=8,
-                         kill_after=40) -> dict:
-    """`total` requests, `concurrency` at a time; the replica is killed after `kill_after` have
-    finished. Returns counts and the seconds until the deployment is healthy on a new replica."""
-    done, retried, lost = 0, 0, 0
-    recovery = None
-    queue = iter(range(total))
+def healthy_on_a_new_replica(deployment: str, old_name: str) -> bool:
+    if serve.status().applications[APP].deployments[deployment].status.value != "HEALTHY":
+        return False
+    try:
+        return replica_actor(deployment)[1] != old_name
+    except AssertionError:
+        return False  # the old and the new replica both listed for a moment
 
-    statuses: dict = {}
 
-    async def send(client) -> bool:
-        """A valid request is answered 200; anything else (a 4xx too) needs the retry."""
-        try:
+def tier_status(tier: str) -> str:
+    return httpx.get(f"{BASE}/health", timeout=10).json()["deployments"][tier]["status"]
+
+
+async def answered(client: httpx.AsyncClient, path: str, body: dict) -> str:
+    """"ok" for a 200 (a stream: a 200 with no error event before [DONE]), else what happened."""
+    try:
+        if not body.get("stream"):
             r = await client.post(path, json=body)
-        except httpx.TransportError as e:
-            statuses[type(e).__name__] = statuses.get(type(e).__name__, 0) + 1
-            return False
-        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-        return r.status_code == 200
+            return "ok" if r.status_code == 200 else f"{r.status_code} {r.text[:100]}"
+        async with client.stream("POST", path, json=body) as r:
+            text = "".join([chunk async for chunk in r.aiter_text()])
+        if r.status_code == 200 and '"error"' not in text and text.endswith("[DONE]\n\n"):
+            return "ok"
+        return f"{r.status_code} {text[-160:]}"
+    except httpx.TransportError as e:
+        return type(e).__name__
 
-    async def worker(client):
-        nonlocal done, retried, lost, recovery
-        for _ in queue:
-            if not await send(client):
-                retried += 1
+
+async def load_through_fault(path: str, body: dict, fault, recovered, concurrency: int = 8,
+                             warmup_s: float = 15, window_s: float = 30,
+                             limit_s: float = 240) -> dict:
+    """Closed-loop load (`concurrency` clients), `fault()` after `warmup_s`, on until
+    `recovered()` holds (polled in a thread). Throughput is 200s per second: `normal` over the
+    warm-up, `during` over the `window_s` after the fault."""
+    done: list[float] = []
+    counts = {"sent": 0, "retried": 0, "lost": 0}
+    errors: collections.Counter = collections.Counter()
+    stop = asyncio.Event()
+
+    async def client_loop(client):
+        while not stop.is_set():
+            counts["sent"] += 1
+            if (outcome := await answered(client, path, body)) != "ok":
+                counts["retried"] += 1
+                errors[outcome] += 1
                 await asyncio.sleep(1)
-                if not await send(client):
-                    lost += 1
-            done += 1
-            if done == kill_after and recovery is None:
-                actor, old_name = replica_actor(deployment)
-                ray.kill(actor, no_restart=True)
-                recovery = asyncio.create_task(asyncio.to_thread(
-                    seconds_to_recover, deployment, old_name, time.monotonic()))
+                if (outcome := await answered(client, path, body)) != "ok":
+                    counts["lost"] += 1
+                    errors[f"lost: {outcome}"] += 1
+                    continue
+            done.append(time.monotonic())
 
     async with httpx.AsyncClient(base_url=BASE, timeout=180) as client:
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-    result = {"deployment": deployment, "sent": total, "retried": retried, "lost": lost,
-              "statuses": statuses, "recovered_s": round(await recovery, 1)}
+        clients = [asyncio.create_task(client_loop(client)) for _ in range(concurrency)]
+        try:
+            started = time.monotonic()
+            await asyncio.sleep(warmup_s)
+            fault_at = time.monotonic()
+            detail = await asyncio.to_thread(fault)
+            await asyncio.to_thread(wait_until, recovered, limit_s, "the graph to recover", 0.5)
+            recovered_s = round(time.monotonic() - fault_at, 1)
+            await asyncio.sleep(max(0.0, fault_at + window_s - time.monotonic()))
+        finally:
+            stop.set()
+            await asyncio.gather(*clients)
+    result = {**counts, "errors": dict(errors), **(detail or {}), "recovered_s": recovered_s,
+              "normal_rps": round(sum(started < t <= fault_at for t in done) / warmup_s, 2),
+              "during_rps": round(sum(fault_at < t <= fault_at + window_s for t in done)
+                                  / window_s, 2)}
     print(f"\n{result}")
     return result
 
 
+def kill_replica(deployment: str):
+    actor, old_name = replica_actor(deployment)
+    ray.kill(actor, no_restart=True)
+    return old_name
+
+
+def test_a_replica_stopped_while_its_engine_loads_leaves_no_engine(base_url):
+    """An app deleted while its tier's engine is still loading: Serve kills the replica in its
+    constructor, and the engine it had started goes with it (deployments/reaper.py)."""
+    import graph
+
+    args = variant([{"name": "interrupted", "deployment": {"num_cpus": 0.1}}], BROKEN)
+    serve._run(graph.app_builder(args), _blocking=False, name="loading", route_prefix="/loading")
+    try:
+        core = wait_until(lambda: engine_core("interrupted", "loading"), 120,
+                          "the engine to start loading", retry_on=(AssertionError,))
+    finally:
+        serve.delete("loading")
+    wait_until(lambda: ended(core.pid), 30, "the loading engine to end")
+    wait_until(lambda: not orphaned_engines(), 10, f"no orphaned engine: {orphaned_engines()}")
+
+
 @pytest.mark.parametrize("deployment,path,body,limit_s", [
     ("embedder", "/v1/embeddings", {"model": EMBED, "input": ["a sentence to embed"] * 4}, 60),
-    ("router", "/v1/chat/completions", {"model": CHAT, "max_tokens": 4, "temperature": 0,
-                                        "messages": [{"role": "user", "content": "Hi"}]}, 60),
-    # An LLM replica reloads vLLM (~75 s on this 2-core host): meanwhile the next tier answers.
-    ("fast", "/v1/chat/completions", {"model": CHAT, "max_tokens": 4, "temperature": 0,
-                                      "messages": [{"role": "user", "content": "Hi"}]}, 180),
+    ("router", "/v1/chat/completions", HI, 60),
+    # An LLM replica reloads vLLM (~40-75 s on this 2-core host): meanwhile the next tier answers.
+    ("fast", "/v1/chat/completions", HI, 180),
 ], ids=["embedder", "router", "llm"])
 def test_killed_replica_loses_nothing_and_comes_back(http, deployment, path, body, limit_s):
-    result = asyncio.run(load_with_kill(path, body, deployment))
+    old = {}
+
+    def fault():
+        old["name"] = kill_replica(deployment)
+
+    result = asyncio.run(load_through_fault(
+        path, body, fault, lambda: healthy_on_a_new_replica(deployment, old["name"]),
+        warmup_s=5, window_s=5, limit_s=limit_s))
     assert result["lost"] == 0
-    assert result["recovered_s"] < limit_s
     assert http.get("/health").status_code == 200
+    wait_until(lambda: not orphaned_engines(), 10, f"no orphaned engine: {orphaned_engines()}")
+
+
+def test_dead_engine_fails_over_and_its_replica_is_replaced(http):
+    """SIGKILL of the entry tier's engine core: its requests fail over to the next tier at once,
+    the router marks the tier down, the health check fails and Serve replaces the replica."""
+    old = {"name": replica_actor("fast")[1]}
+
+    def fault():
+        core = engine_core("fast")
+        core.kill()
+        return {"engine_pid": core.pid}
+
+    result = asyncio.run(load_through_fault(
+        "/v1/chat/completions", HI, fault, lambda: healthy_on_a_new_replica("fast", old["name"])))
+    assert result["lost"] == 0, result
+    assert result["recovered_s"] <= 90, result
+    assert http.get("/health").json()["deployments"]["fast"]["status"] == "ok"
+    wait_until(lambda: not orphaned_engines(), 10, f"no orphaned engine: {orphaned_engines()}")
+
+
+def test_stalled_engine_is_routed_around_then_replaced(http):
+    """SIGSTOP of the entry tier's engine core (the replica still answers; its engine does not):
+    within seconds the router finds the core silent and sends the waiting streams and the new
+    ones to the next tier (throughput over the minute after the stall at least half of normal); after `stall_timeout_s` the health check fails and Serve replaces the
+    replica; the stopped engine does not outlive it."""
+    old = {"name": replica_actor("fast")[1]}
+    seen = {}
+
+    def fault():
+        core = engine_core("fast")
+        core.send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        wait_until(lambda: tier_status("fast") in ("stalled", "unavailable"), 30,
+                   "the router to route around the stalled tier", 0.25)
+        seen["rerouted_s"] = round(time.monotonic() - stopped, 1)
+        return {"engine_pid": core.pid}
+
+    def recovered():
+        if not healthy_on_a_new_replica("fast", old["name"]):
+            return False
+        return tier_status("fast") == "ok"
+
+    stream = {**HI, "max_tokens": 16, "stream": True}
+    try:
+        result = asyncio.run(load_through_fault("/v1/chat/completions", stream, fault, recovered,
+                                                window_s=60))
+    except BaseException:  # never leave a stopped process behind when the test fails
+        for process in psutil.process_iter():
+            if title(process).startswith("VLLM::") and process.status() == psutil.STATUS_STOPPED:
+                os.kill(process.pid, signal.SIGKILL)
+        raise
+    result.update(seen)
+    print(result)
+    assert result["lost"] == 0, result
+    # router.stall_reroute_s (10) + a probe period (2) + a heartbeat period (1), and some slack
+    assert result["rerouted_s"] <= 15, result
+    assert result["during_rps"] >= 0.5 * result["normal_rps"], result
+    assert result["recovered_s"] <= 90, result
+    assert ended(result["engine_pid"])
+    wait_until(lambda: not orphaned_engines(), 10, f"no orphaned engine: {orphaned_engines()}")

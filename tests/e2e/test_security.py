@@ -18,7 +18,7 @@ def locked(base_url):
     args = variant([{"name": "broken", "model_source": BROKEN,
                      "deployment": {"num_cpus": 0.05}}], BROKEN)
     args["router"]["api_key_env"] = "GRAPHSERVE_TEST_KEY"
-    deploy("locked", args)
+    deploy("locked", args, broken=True)
     wait_until(lambda: serve.status().applications["locked"].deployments["router"].status.value
                == "HEALTHY", 120, "the locked app's router")
     return LOCKED

