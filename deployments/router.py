@@ -206,7 +206,9 @@ class Router:
                     deployments[name]["replicas"] = {
                         state.value if hasattr(state, "value") else str(state): count
                         for state, count in overview.replica_states.items()}
-        llm_ok = any(deployments[t]["status"] in ("ok", "slow") for t in self.tier_names)
+        # A tier answers when up, even slow, or stalled while no other tier can answer sooner.
+        llm_ok = any(deployments[t]["status"] in ("ok", "slow", "stalled")
+                     and not self.gate.availability.is_down(t) for t in self.tier_names)
         all_ok = all(d["status"] == "ok" for d in deployments.values())
         status = "ok" if all_ok else "degraded" if llm_ok else "unavailable"
         return JSONResponse({"status": status, "deployments": deployments},
