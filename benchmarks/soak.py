@@ -183,7 +183,8 @@ async def soak(base: str, minutes: float, load: float = 0.7, sample_every_s: flo
     sampler = asyncio.create_task(
         sample_memory(processes, samples, started, warmup_s, sample_every_s))
 
-    async with httpx.AsyncClient(base_url=base, timeout=150,  # past router.request_timeout_s (120): its 504 shows
+    # The client waits past router.request_timeout_s (120 s), so the server's 504 is recorded.
+    async with httpx.AsyncClient(base_url=base, timeout=150,
                                  limits=httpx.Limits(max_connections=256)) as client:
         async def send(kind: str):
             outcome = await one(client, kind, rng, max_tokens)
