@@ -15,6 +15,7 @@ is gone kills the last ones it saw, then exits. psutil refuses to signal a pid r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -46,11 +47,9 @@ def watch(pid: int, interval: float = 0.5) -> list[int]:
         time.sleep(interval)
     killed = []
     for process in seen:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):  # one that ended with its replica
             process.kill()  # SIGKILL: also ends a stopped (SIGSTOP) or hung engine
             killed.append(process.pid)
-        except psutil.NoSuchProcess:
-            pass  # it ended with its replica
     return killed
 
 

@@ -12,6 +12,7 @@ import time
 import psutil
 
 from deployments import reaper
+from tests.helpers import ended
 
 REPLICA = textwrap.dedent("""
     import subprocess, sys, time
@@ -28,13 +29,6 @@ REPLICA = textwrap.dedent("""
 """)
 
 
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def test_killed_replica_leaves_no_descendant():
     replica = subprocess.Popen([sys.executable, "-c", REPLICA], stdout=subprocess.PIPE, text=True,
                                cwd=os.path.dirname(os.path.dirname(reaper.__file__)))
@@ -46,9 +40,9 @@ def test_killed_replica_leaves_no_descendant():
     replica.send_signal(signal.SIGKILL)
     replica.wait()
     deadline = time.monotonic() + 10
-    while not (gone(child) and gone(grandchild)) and time.monotonic() < deadline:
+    while not (ended(child) and ended(grandchild)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert gone(child) and gone(grandchild)
+    assert ended(child) and ended(grandchild)
     watcher[0].wait(10)  # and the watcher itself ends
 
 
