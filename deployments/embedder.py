@@ -18,6 +18,7 @@ from ray import serve
 
 from deployments import metrics
 from deployments.config import EmbedderConfig
+from deployments.encoder import SentenceEncoder
 from deployments.models import embedder_folder
 from deployments.protocol import BadRequest
 
@@ -55,27 +56,21 @@ def check_inputs(texts: list[str], config: EmbedderConfig) -> None:
 @serve.deployment
 class EmbedderDeployment:
     def __init__(self, config: EmbedderConfig):
-        import torch
-        from sentence_transformers import SentenceTransformer
-
         self.config = config
         started = time.monotonic()
-        device = config.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        # Ray pins OMP_NUM_THREADS to the actor's num_cpus; an explicit `threads` overrides it.
-        torch.set_num_threads(config.threads or max(1, int(config.deployment.num_cpus)))
         folder = embedder_folder(config.model_source)
-        self.model = SentenceTransformer(str(folder), device=device, local_files_only=True)
-        self.dimensions = self.model.get_sentence_embedding_dimension()
+        # Ray pins OMP_NUM_THREADS to the actor's num_cpus; an explicit `threads` overrides it.
+        self.encoder = SentenceEncoder(folder, config.device, config.dtype,
+                                       threads=config.threads or max(1, int(config.deployment.num_cpus)))
+        self.dimensions = self.encoder.dimensions
         self.load_seconds = time.monotonic() - started
         self.started_at = time.time()
         for queue in (self._encode_batch, self._scoring_batch):
             queue.set_max_batch_size(config.max_batch_size)
             queue.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         metrics.observe("graphserve_model_load_seconds", self.load_seconds, model=config.model_id)
-        log.info("embedder %s loaded from %s on %s in %.1f s (%d dims)",
-                 config.model_id, folder, device, self.load_seconds, self.dimensions)
+        log.info("embedder %s loaded from %s on %s in %s in %.1f s (%d dims)", config.model_id,
+                 folder, self.encoder.device, self.encoder.dtype, self.load_seconds, self.dimensions)
 
     async def embed(self, texts: list[str]) -> Embedded:
         """L2-normalised float32 vectors, one row per text, and each text's token count."""
@@ -98,23 +93,17 @@ class EmbedderDeployment:
     async def _encode_requests(self, requests: list[list[str]]) -> list[Embedded]:
         flat = [t for texts in requests for t in texts]
         started = time.monotonic()
-        vectors, tokens = await asyncio.to_thread(self._encode, flat)
+        vectors, tokens = await asyncio.to_thread(self.encoder.encode, flat)
         metrics.observe("graphserve_embedder_batch_latency_seconds", time.monotonic() - started)
         metrics.observe("graphserve_embedder_batch_size", len(flat))
         return split_rows(requests, vectors, tokens)
-
-    def _encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        vectors = self.model.encode(
-            texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True
-        ).astype(np.float32, copy=False)
-        ids = self.model.tokenizer(texts, truncation=True,
-                                   max_length=self.model.max_seq_length)["input_ids"]
-        return vectors, np.array([len(x) for x in ids])
 
     def info(self) -> dict:
         return {
             "model": self.config.model_id,
             "dimensions": self.dimensions,
+            "device": self.encoder.device,
+            "dtype": self.encoder.dtype,
             "load_seconds": round(self.load_seconds, 2),
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }

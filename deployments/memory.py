@@ -1,8 +1,10 @@
 """Memory-budget preflight: will this model fit in this replica, before anything is loaded?
 
 From the model's config.json and the dtype: weights (parameter count x bytes), the KV cache (vLLM
-needs at least one sequence of `max_model_len` tokens; on CPU the configured `kv_cache_gib`), and a
-fixed runtime overhead. Compared with what the replica has (its share of the GPU, or the host's free
+needs at least one sequence of `max_model_len` tokens; on CPU the configured `kv_cache_gib`), the
+activations of one full-length prefill step, and the runtime (the CUDA context on a GPU). Each term
+was checked against CUDA's allocator for four real architectures (tests/gpu, benchmarks/gpu.py).
+Compared with what the replica has (its share of the GPU, or the host's free
 RAM), so a model that cannot fit fails at once with numbers and a fix, not with an OOM kill minutes
 later. Pure functions: no torch, no Ray.
 """
@@ -15,7 +17,11 @@ from pathlib import Path
 
 GIB = 1 << 30
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-RUNTIME_OVERHEAD_GIB = 1.0  # CUDA context / CPU runtime, activations, sampler buffers
+# Outside the allocator on a GPU: the CUDA context and library workspaces, 0.69 GiB measured
+# (H200, torch 2.11, benchmarks/results/gpu.md), rounded up. On a CPU host: the engine's Python
+# runtime and sampler buffers, a margin (not measured per term).
+CUDA_CONTEXT_GIB = 0.75
+CPU_RUNTIME_GIB = 1.0
 
 
 class MemoryBudgetError(RuntimeError):
@@ -56,13 +62,23 @@ def kv_bytes_per_token(cfg: dict, dtype: str) -> int:
     return 2 * cfg["num_hidden_layers"] * kv_heads * head_dim * DTYPE_BYTES[dtype]
 
 
+def activation_bytes(cfg: dict, dtype: str, tokens: int) -> int:
+    """Peak activations of one prefill step of `tokens` tokens: the MLP's gate, up and product
+    (3 x intermediate) and four hidden-size tensors per token (residual, norm, attention in and
+    out); logits for the last token only. Within 1 % of CUDA's peak for SmolLM2 and Llama 1B-8B."""
+    return tokens * (3 * cfg["intermediate_size"] + 4 * cfg["hidden_size"]) * DTYPE_BYTES[dtype]
+
+
 def estimate(cfg: dict, dtype: str, max_model_len: int, kv_cache_gib: float | None) -> Estimate:
-    """`kv_cache_gib` None (GPU): the KV cache must hold at least one full-length sequence."""
+    """`kv_cache_gib` None (GPU): the KV cache must hold at least one full-length sequence, which
+    may also be prefilled in one step (vLLM's worst case)."""
     params = parameter_count(cfg)
     weights = params * DTYPE_BYTES[dtype]
     per_token = kv_bytes_per_token(cfg, dtype)
     kv = int(kv_cache_gib * GIB) if kv_cache_gib is not None else per_token * max_model_len
-    return Estimate(params, weights, per_token, kv, int(RUNTIME_OVERHEAD_GIB * GIB))
+    runtime = CPU_RUNTIME_GIB if kv_cache_gib is not None else CUDA_CONTEXT_GIB
+    overhead = int(runtime * GIB) + activation_bytes(cfg, dtype, max_model_len)
+    return Estimate(params, weights, per_token, kv, overhead)
 
 
 def check(cfg: dict, dtype: str, max_model_len: int, kv_cache_gib: float | None,
@@ -80,7 +96,7 @@ def check(cfg: dict, dtype: str, max_model_len: int, kv_cache_gib: float | None,
             f"the model needs {est.total_bytes / GIB:.1f} GiB ({est.params / 1e9:.2f} B parameters "
             f"in {dtype}: {est.weights_bytes / GIB:.1f} GiB weights + "
             f"{est.kv_cache_bytes / GIB:.1f} GiB KV cache + {est.overhead_bytes / GIB:.1f} GiB "
-            f"overhead), {where} has {available_bytes / GIB:.1f} GiB; lower max_model_len, "
+            f"activations and runtime), {where} has {available_bytes / GIB:.1f} GiB; lower max_model_len, "
             f"{fix}, or pick a smaller dtype/model")
     return est
 

@@ -1,4 +1,5 @@
-"""Memory-budget preflight with real model configs (SmolLM2-135M, Llama-3.1-8B; configs only)."""
+"""Memory-budget preflight with real model configs (SmolLM2-135M, Llama-3.2-1B/3B, Llama-3.1-8B;
+configs only: tests/gpu checks the same estimates against CUDA allocations)."""
 
 import json
 from pathlib import Path
@@ -31,21 +32,21 @@ def test_llama_8b_on_a_40_percent_gpu_share_fails_fast_with_numbers():
         check(config("llama-3.1-8b-instruct"), "bfloat16", 8192, None,
               available_bytes=int(14.4 * GIB), where="this replica (num_gpus 0.2 of 80 GiB)")
     message = str(e.value)
-    assert "needs 17.0 GiB" in message and "has 14.4 GiB" in message
+    assert "needs 17.6 GiB" in message and "has 14.4 GiB" in message
     assert "lower max_model_len" in message and "raise num_gpus" in message
 
 
 def test_llama_8b_fits_a_whole_80_gib_gpu():
     est = check(config("llama-3.1-8b-instruct"), "bfloat16", 8192, None,
                 available_bytes=int(80 * GIB * 0.9), where="this replica")
-    assert est.total_bytes / GIB == pytest.approx(17.0, abs=0.1)
+    assert est.total_bytes / GIB == pytest.approx(17.6, abs=0.1)
 
 
 def test_smollm2_on_cpu_uses_the_configured_kv_cache():
     est = check(config("smollm2-135m-instruct"), "float32", 2048, 1.0,
                 available_bytes=8 * GIB, where="this host")
     assert est.kv_cache_bytes == GIB and est.weights_bytes / GIB == pytest.approx(0.5, abs=0.01)
-    with pytest.raises(MemoryBudgetError, match="needs 2.5 GiB"):
+    with pytest.raises(MemoryBudgetError, match="needs 2.6 GiB"):
         check(config("smollm2-135m-instruct"), "float32", 2048, 1.0,
               available_bytes=2 * GIB, where="this host")
 
@@ -55,3 +56,29 @@ def test_a_kv_cache_smaller_than_one_sequence_is_refused():
     with pytest.raises(MemoryBudgetError, match="less than one max_model_len"):
         check(config("smollm2-135m-instruct"), "float32", 8192, 0.1,
               available_bytes=64 * GIB, where="this host")
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIGS.glob("*.json")))
+def test_parameter_count_equals_the_transformers_model_built_from_the_config(name):
+    """The preflight's formula against the real architecture (on the meta device: no memory)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    raw = config(name)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**raw), dtype=torch.bfloat16)
+    assert sum(p.numel() for p in model.parameters()) == parameter_count(raw)
+
+
+def test_activation_term_matches_the_peaks_measured_on_a_gpu():
+    """benchmarks/results/gpu.json: CUDA's peak during a full-length prefill (make bench-gpu)."""
+    from deployments.memory import activation_bytes
+
+    measured = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / "gpu.json")
+                          .read_text())["memory"]
+    assert {m["model"] for m in measured} == {p.stem for p in CONFIGS.glob("*.json")}
+    for m in measured:
+        formula = activation_bytes(config(m["model"]), "bfloat16", m["max_model_len"])
+        assert formula == pytest.approx(m["activation_peak_bytes"], rel=0.05), m["model"]
+        assert m["total_measured"] <= estimate(config(m["model"]), "bfloat16", m["max_model_len"],
+                                               None).total_bytes, m["model"]
