@@ -1,24 +1,82 @@
-"""The cluster files run the same serve config as `make serve` and are current."""
+"""The cluster files: the GPU profile validates and fits its GPUs, the manifests carry it and are
+current, and the demo config builds."""
 
+import json
+from pathlib import Path
+
+import pytest
 import yaml
 
+from deployments.config import GraphConfig
+from deployments.llm import gpu_memory_utilization
+from deployments.memory import GIB, MemoryBudgetError, check
 from tests.helpers import generator
 
+GPU_PROFILE = Path("cluster/serve_config.gpu.yaml")
+CONFIGS = Path("tests/data/configs")
+# The profile's GPU, an NVIDIA L40S (48 GB; nvidia-smi shows 46068 MiB), less what the driver keeps.
+GPU_GIB = 44.5
 
-def test_rayservice_embeds_serve_config_yaml():
+
+def profile_args() -> dict:
+    return yaml.safe_load(GPU_PROFILE.read_text())["applications"][0]["args"]
+
+
+def preflight(tier) -> float:
+    """The tier's memory preflight on its share of the profile's GPU, as its replica runs it."""
+    cfg = json.loads((CONFIGS / f"{tier.model_id}.json").read_text())
+    share = gpu_memory_utilization(tier)
+    est = check(cfg, tier.dtype, tier.max_model_len, None, int(GPU_GIB * share * GIB),
+                f"{tier.name} ({share:.0%} of a {GPU_GIB} GiB GPU)")
+    return est.total_bytes / GIB
+
+
+def test_rayservice_embeds_the_gpu_profile_and_is_current():
     with open("cluster/rayservice.yaml") as f:
         manifest = yaml.safe_load(f)
-    with open("serve_config.yaml") as f:
-        local = yaml.safe_load(f)
     embedded = yaml.safe_load(manifest["spec"]["serveConfigV2"])
     assert manifest["kind"] == "RayService" and manifest["apiVersion"] == "ray.io/v1"
-    assert embedded["applications"] == local["applications"]  # same graph, same args
-    assert embedded["http_options"] == {**local["http_options"], "host": "0.0.0.0"}
+    assert embedded == yaml.safe_load(GPU_PROFILE.read_text())  # the profile, unchanged
+    assert embedded["http_options"]["host"] == "0.0.0.0"  # reachable through the pod IP
     assert manifest == generator().rayservice()  # else run `python cluster/generate.py`
     cluster = manifest["spec"]["rayClusterConfig"]
-    assert cluster["rayVersion"] == "2.60.0"
-    worker = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    assert cluster["rayVersion"] == "2.60.0" and cluster["enableInTreeAutoscaling"]
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    group = cluster["workerGroupSpecs"][0]
+    assert group["minReplicas"] < group["maxReplicas"]
+    worker = group["template"]["spec"]["containers"][0]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_gpu_profile_validates_builds_and_autoscales_every_model():
+    import graph
+
+    config = GraphConfig.model_validate(profile_args())
+    assert graph.app_builder(profile_args()) is not None
+    for deployment in [t.deployment for t in config.tiers] + [config.embedder.deployment]:
+        assert deployment.autoscaling is not None
+        assert deployment.serve_options("x")["num_replicas"] == "auto"
+    assert [t.deployment.num_gpus for t in config.tiers] == [0.45, 1]
+    assert 0 < config.embedder.deployment.num_gpus < 1 and config.embedder.dtype == "float16"
+    assert all(t.model_source.startswith("/models/") for t in config.tiers)
+
+
+def test_every_gpu_profile_tier_fits_its_gpu_share():
+    config = GraphConfig.model_validate(profile_args())
+    fits = {t.name: preflight(t) for t in config.tiers}
+    assert fits == {"fast": pytest.approx(8.2, abs=0.05), "careful": pytest.approx(17.6, abs=0.05)}
+    # Two `fast` replicas and an embedder replica share one GPU, by Ray's accounting.
+    fast = config.tiers[0].deployment.num_gpus
+    assert 2 * fast + config.embedder.deployment.num_gpus <= 1
+
+
+def test_the_fit_check_refuses_a_share_too_small():
+    """The check above can fail: the 8B tier on a fifth of the GPU does not fit (estimate 17.6 GiB,
+    share 0.18 x 44.5 = 8.0 GiB)."""
+    careful = GraphConfig.model_validate(profile_args()).tiers[1]
+    careful.deployment.num_gpus = 0.2
+    with pytest.raises(MemoryBudgetError, match="needs 17.6 GiB"):
+        preflight(careful)
 
 
 def test_serve_config_validates_and_builds_the_graph():
@@ -30,10 +88,11 @@ def test_serve_config_validates_and_builds_the_graph():
     assert app is not None
 
 
-def test_ray_up_config_mounts_the_same_serve_config():
+def test_ray_up_config_mounts_the_gpu_profile():
     with open("cluster/ray-cluster.yaml") as f:
         launcher = yaml.safe_load(f)
-    assert launcher["file_mounts"]["/home/ubuntu/graphserve/serve_config.yaml"] == "./serve_config.yaml"
+    mounted = launcher["file_mounts"]["/home/ubuntu/graphserve/serve_config.yaml"]
+    assert mounted == "./cluster/serve_config.gpu.yaml"  # the GPU profile itself: never stale
     head = " ".join(launcher["head_start_ray_commands"])
-    assert "--dashboard-host=127.0.0.1" in head and "--metrics-export-port=8080" in head
+    assert "--num-cpus=0" in head and "--dashboard-host=127.0.0.1" in head and "--metrics-export-port=8080" in head
     assert launcher["available_node_types"]["gpu-worker"]["resources"] == {"llm": 1}
