@@ -79,6 +79,19 @@ class DeploymentOptions(Strict):
         return options
 
 
+def assigned(resource: str, declared: float) -> float:
+    """This replica's share of a Ray resource ("CPU", "GPU") as Ray scheduled it, else `declared`.
+
+    A `deployments:` entry in a serve config overrides the options our args produce (Serve applies
+    it after the app is built), so what a replica derives from its share (vLLM's memory share,
+    thread counts) must come from Ray, not from the args."""
+    import ray
+
+    if not ray.is_initialized():
+        return declared
+    return float(ray.get_runtime_context().get_assigned_resources().get(resource, 0.0))
+
+
 class SamplingDefaults(Strict):
     """Sampling used when the client leaves a field unset."""
 

@@ -17,7 +17,7 @@ import numpy as np
 from ray import serve
 
 from deployments import metrics
-from deployments.config import EmbedderConfig
+from deployments.config import EmbedderConfig, assigned
 from deployments.encoder import SentenceEncoder
 from deployments.models import embedder_folder
 from deployments.protocol import BadRequest
@@ -59,9 +59,12 @@ class EmbedderDeployment:
         self.config = config
         started = time.monotonic()
         folder = embedder_folder(config.model_source)
-        # Ray pins OMP_NUM_THREADS to the actor's num_cpus; an explicit `threads` overrides it.
+        # What Ray gave this replica (a serve config's `deployments:` entry may override the
+        # args); Ray pins OMP_NUM_THREADS to its CPUs, an explicit `threads` overrides that.
+        self.resources = {"CPU": assigned("CPU", config.deployment.num_cpus),
+                          "GPU": assigned("GPU", config.deployment.num_gpus)}
         self.encoder = SentenceEncoder(folder, config.device, config.dtype,
-                                       threads=config.threads or max(1, int(config.deployment.num_cpus)))
+                                       threads=config.threads or max(1, int(self.resources["CPU"])))
         self.dimensions = self.encoder.dimensions
         self.load_seconds = time.monotonic() - started
         self.started_at = time.time()
@@ -104,6 +107,7 @@ class EmbedderDeployment:
             "dimensions": self.dimensions,
             "device": self.encoder.device,
             "dtype": self.encoder.dtype,
+            "resources": self.resources,
             "load_seconds": round(self.load_seconds, 2),
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }

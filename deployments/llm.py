@@ -22,7 +22,7 @@ from pathlib import Path
 from ray import serve
 
 from deployments import memory, metrics, reaper
-from deployments.config import LLMConfig
+from deployments.config import LLMConfig, assigned
 from deployments.models import llm_folder
 from deployments.protocol import (
     BadRequest,
@@ -48,14 +48,16 @@ def engine_dtype(requested: str, has_cuda: bool, cpu_has_bf16: bool) -> str:
     return "bfloat16" if cpu_has_bf16 else "float32"
 
 
-def gpu_memory_utilization(config: LLMConfig) -> float:
-    """Share of the GPU this replica may fill: its Ray GPU fraction, less headroom.
+def gpu_memory_utilization(config: LLMConfig, gpus: float | None = None) -> float:
+    """Share of the GPU this replica may fill: its Ray GPU fraction (`gpus`, as Ray assigned it;
+    else the config's num_gpus), less headroom.
 
     Two replicas with num_gpus 0.5 each get 0.45, so co-located engines never over-commit.
     """
     if config.gpu_memory_utilization is not None:
         return config.gpu_memory_utilization
-    return round(0.9 * min(config.deployment.num_gpus, 1.0), 3) or 0.9
+    gpus = config.deployment.num_gpus if gpus is None else gpus
+    return round(0.9 * min(gpus, 1.0), 3) or 0.9
 
 
 def resolve_max_tokens(sampling: Sampling, config: LLMConfig, prompt_tokens: int) -> int:
@@ -133,6 +135,9 @@ class LLMDeployment:
         self.config = config
         # First, so that no way this process can end leaves its engine running (reaper.py).
         self._reaper = reaper.watch_me()
+        # What Ray gave this replica (a serve config's `deployments:` entry may override the args).
+        self.resources = {"CPU": assigned("CPU", config.deployment.num_cpus),
+                          "GPU": assigned("GPU", config.deployment.num_gpus)}
         folder = llm_folder(config.model_source)  # a missing model fails here, before vLLM starts
         has_cuda = torch.cuda.is_available()
         if has_cuda:  # each engine on its own GPU share: load at once
@@ -149,7 +154,7 @@ class LLMDeployment:
             # Ray sets OMP_NUM_THREADS from num_cpus (1 by default): give the engine its threads on
             # purpose, and let the OS place them (vLLM's auto-binding pins to a fixed core list,
             # which makes two engines on one host fight over the same cores).
-            threads = config.engine_threads or max(1, int(config.deployment.num_cpus))
+            threads = config.engine_threads or max(1, int(self.resources["CPU"]))
             os.environ["OMP_NUM_THREADS"] = str(threads)
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         # vLLM re-applies a logging dictConfig while building its engine, which closes every
@@ -172,7 +177,7 @@ class LLMDeployment:
             stream_interval=config.stream_interval,
         )
         if has_cuda:
-            args.gpu_memory_utilization = gpu_memory_utilization(config)
+            args.gpu_memory_utilization = gpu_memory_utilization(config, self.resources["GPU"])
         else:
             args.kv_cache_memory_bytes = int(config.kv_cache_gib * (1 << 30))
         # vLLM's own metrics (TTFT, time per output token, tokens, queue) through Ray's exporter,
@@ -206,9 +211,9 @@ class LLMDeployment:
         if dtype == "auto":
             dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16")
         if has_cuda:
-            share = gpu_memory_utilization(self.config)
+            share = gpu_memory_utilization(self.config, self.resources["GPU"])
             available = int(torch.cuda.get_device_properties(0).total_memory * share)
-            where = f"this replica ({share:.0%} of the GPU, from num_gpus)"
+            where = f"this replica ({share:.0%} of the GPU, from its num_gpus)"
             kv_gib = None
         else:
             available, where, kv_gib = psutil.virtual_memory().available, "this host (free RAM)", \
@@ -402,6 +407,7 @@ class LLMDeployment:
             "model": self.config.model_id,
             "dtype": self.dtype,
             "max_model_len": self.config.max_model_len,
+            "resources": self.resources,
             "load_seconds": round(self.load_seconds, 2),
             "weights_bytes_read": self.memory["weights_bytes_read"],
             "memory_estimate_gib": self.memory["estimate_gib"],
