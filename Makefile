@@ -18,7 +18,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 include cluster/serve.env
 export $(shell sed -n 's/^\([A-Z_]*\)=.*/\1/p' cluster/serve.env)
 
-.PHONY: setup ray-up serve deploy stop test test-unit test-e2e test-cluster test-gpu bench-gpu bench bench-overhead soak calibrate clean
+.PHONY: setup ray-up serve deploy stop test test-unit test-e2e test-cluster test-gpu bench-gpu bench-recovery bench bench-overhead soak calibrate clean
 
 setup: $(STAMP) $(MODELS_STAMP)
 
@@ -91,6 +91,10 @@ bench: setup
 # What the graph costs on top of the engine, under each of Ray Serve's data paths (~25 min).
 bench-overhead: setup
 	$(PY) -m benchmarks.overhead
+
+# Cold start and recovery from losing every replica, for each tier_load_order (~15 min).
+bench-recovery: setup
+	$(PY) -m benchmarks.recovery
 
 # 15 minutes of mixed traffic at 70 % of measured capacity on a graph of its own (no other Ray
 # on the host): no 5xx, no memory growth, engines idle at the end (a 2-minute run is in `make test`).

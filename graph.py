@@ -16,8 +16,10 @@ from deployments.router import Router
 
 
 def build(config: GraphConfig) -> Application:
+    in_turn = config.tier_load_order == "in_turn"
     tiers = [  # load_turn: on a shared CPU host the cheapest tier loads first
-        LLMDeployment.options(**tier.deployment.serve_options(tier.name)).bind(tier, turn)
+        LLMDeployment.options(**tier.deployment.serve_options(tier.name)).bind(
+            tier, turn if in_turn else None)
         for turn, tier in enumerate(config.tiers)
     ]
     embedder = EmbedderDeployment.options(

@@ -228,6 +228,11 @@ class RouterConfig(Strict):
         "attempts move on at once (a crowded 2-core host showed silences of up to 5 s)"
     )
     max_attempts_per_tier: int = Field(2, ge=1)
+    gate_budget_s: float = Field(
+        60.0, gt=0, description="a retry or escalation starts only if, at the pace of the "
+        "attempts so far, it would end within this many seconds of the request; else the best "
+        "answer so far is served (`budget_exhausted` in its report), not a 504 later"
+    )
     retry_temperature_factor: float = Field(
         0.5, ge=0, le=1, description="a retry samples at this fraction of the last temperature"
     )
@@ -243,12 +248,23 @@ class RouterConfig(Strict):
                                                   max_queued_requests=2048)
     )
 
+    @model_validator(mode="after")
+    def _budget_within_timeout(self) -> RouterConfig:
+        if self.gate_budget_s >= self.request_timeout_s:
+            raise ValueError(f"gate_budget_s ({self.gate_budget_s}) must be below "
+                             f"request_timeout_s ({self.request_timeout_s})")
+        return self
+
 
 class GraphConfig(Strict):
     """The whole graph: LLM tiers (cheapest first), the embedder, and the router in front."""
 
     tiers: list[LLMConfig] = Field(
         default_factory=lambda: [LLMConfig(name="llm")], min_length=1
+    )
+    tier_load_order: Literal["in_turn", "side_by_side"] = Field(
+        "in_turn", description="CPU hosts: tiers' engines load one after another (the first tier "
+        "serves sooner) or all at once; on a GPU each engine has its own share and loads at once"
     )
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)

@@ -232,6 +232,8 @@ async def run_gated(
     score: Callable[[GenerationResult],
                     Awaitable[tuple[GenerationResult, quality.QualityReport]]] | None,
     max_attempts: int | None = None,
+    budget_s: float = float("inf"),
+    clock: Callable[[], float] = time.monotonic,
 ) -> Outcome:
     """Runs the plan until an answer passes or `max_attempts` answers were made; returns the best.
 
@@ -240,13 +242,24 @@ async def run_gated(
     With `score` None the gate is off and the first answer is returned unscored (then an answer
     may be anything `generate` makes: the streamed path passes an opened stream). `score` may
     hand back another answer than it was given (a consensus tier's pick among its samples).
+
+    `budget_s`: once an answer is in hand, another attempt starts only if, at the pace of the
+    attempts so far, it would end within the budget; else the best answer so far is served (its
+    report says `budget_exhausted`) rather than a timeout after more work on a busy host.
     """
     candidates: list[Outcome] = []
     down: set[int] = set()
     busy: list[bool] = []
+    started = clock()
+    out_of_time = False
     for attempt in plan:
         if attempt.tier in down:
             continue
+        if candidates:
+            elapsed = clock() - started
+            if elapsed + elapsed / len(candidates) > budget_s:
+                out_of_time = True
+                break
         try:
             result = await generate(attempt)
         except TierUnavailable as e:
@@ -264,6 +277,7 @@ async def run_gated(
         raise no_tier_error(any(busy))
     chosen = candidates[quality.best([c.report for c in candidates])]
     chosen.report.attempts = len(candidates)
+    chosen.report.budget_exhausted = out_of_time
     return chosen
 
 
@@ -549,7 +563,8 @@ class Gate:
             totals["scoring_ms"] += report.timing["scoring_ms"]
             return result, report
 
-        outcome = await run_gated(plan, generate, score if qcfg.enabled else None, max_attempts)
+        outcome = await run_gated(plan, generate, score if qcfg.enabled else None, max_attempts,
+                                  budget_s=self.config.gate_budget_s)
         if outcome.report is not None:  # the totals over every attempt
             outcome.report.timing = spent(**totals)
         return outcome

@@ -129,7 +129,7 @@ async def loading_in_turn(turn: int, app: str):
 
 @serve.deployment
 class LLMDeployment:
-    async def __init__(self, config: LLMConfig, load_turn: int = 0):
+    async def __init__(self, config: LLMConfig, load_turn: int | None = 0):
         import torch
 
         self.config = config
@@ -140,7 +140,7 @@ class LLMDeployment:
                           "GPU": assigned("GPU", config.deployment.num_gpus)}
         folder = llm_folder(config.model_source)  # a missing model fails here, before vLLM starts
         has_cuda = torch.cuda.is_available()
-        if has_cuda:  # each engine on its own GPU share: load at once
+        if has_cuda or load_turn is None:  # its own GPU share, or told to: load at once
             await self._load(config, folder, has_cuda)
             return
         async with loading_in_turn(load_turn, serve.get_replica_context().app_name):

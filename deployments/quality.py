@@ -47,6 +47,7 @@ class QualityReport:
     components: dict[str, float]
     degraded: list[str] = field(default_factory=list)
     attempts: int = 1
+    budget_exhausted: bool = False  # the gate stopped retrying: router.gate_budget_s
     tier: str | None = None
     model: str | None = None
     timing: dict[str, float] | None = None  # generation_ms / scoring_ms / tokens, set by the router

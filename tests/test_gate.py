@@ -121,6 +121,39 @@ def test_every_tier_down_is_503():
     assert e.value.status == 503 and e.value.retry_after_s
 
 
+class SlowTiers(FakeTiers):
+    """Each answer takes `seconds` on a fake clock."""
+
+    def __init__(self, scripts, seconds: float):
+        super().__init__(scripts)
+        self.now, self.seconds = 0.0, seconds
+
+    async def generate(self, attempt):
+        self.now += self.seconds
+        return await super().generate(attempt)
+
+
+def test_budget_serves_the_best_answer_so_far_instead_of_another_attempt():
+    # 20 s per answer, a 50 s budget: the second attempt starts (20 + 20 <= 50), a third would
+    # end at 60 s, so the gate stops with the best of two, and says why.
+    tiers = SlowTiers({0: ["cut off in the", "Ends well but"], 1: ["A complete answer."]}, 20)
+    plan = plan_attempts(0, [0.8, 0.2], Sampling(), 2, 10, 0.5)
+    out = run(run_gated(plan, tiers.generate, score, budget_s=50, clock=lambda: tiers.now))
+    assert [c[0] for c in tiers.calls] == [0, 0]
+    assert out.report.attempts == 2 and out.report.budget_exhausted and not out.report.passed
+    # Within the budget the same plan runs on to the passing answer.
+    tiers = SlowTiers({0: ["cut off in the", "Ends well but"], 1: ["A complete answer."]}, 20)
+    out = run(run_gated(plan, tiers.generate, score, budget_s=100, clock=lambda: tiers.now))
+    assert out.report.passed and out.report.attempts == 3 and not out.report.budget_exhausted
+
+
+def test_budget_never_leaves_a_request_without_an_answer():
+    tiers = SlowTiers({0: ["DOWN"], 1: ["Served late but served."]}, 500)
+    plan = plan_attempts(0, [0.8, 0.2], Sampling(), 2, 10, 0.5)
+    out = run(run_gated(plan, tiers.generate, score, budget_s=1, clock=lambda: tiers.now))
+    assert out.result.text == "Served late but served." and not out.report.budget_exhausted
+
+
 def test_gate_off_returns_first_answer_unscored():
     tiers = FakeTiers({0: ["cut off in the"]})
     out = run(run_gated(plan_attempts(0, [0.8], Sampling(), 2, 1, 0.5), tiers.generate, None))

