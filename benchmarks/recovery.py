@@ -142,7 +142,7 @@ def markdown(runs: list[dict]) -> str:
         cells = []
         for k in keys:
             values = [r[k] for r in mine if r.get(k) is not None]
-            median = statistics.median(values) if values else None
+            median = round(statistics.median(values), 1) if values else None
             cells.append(f"{', '.join(str(v) for v in values)} (**{median}**)")
         lines.append(f"| {order} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -263,8 +263,9 @@ class GraphConfig(Strict):
         default_factory=lambda: [LLMConfig(name="llm")], min_length=1
     )
     tier_load_order: Literal["in_turn", "side_by_side"] = Field(
-        "in_turn", description="CPU hosts: tiers' engines load one after another (the first tier "
-        "serves sooner) or all at once; on a GPU each engine has its own share and loads at once"
+        "side_by_side", description="CPU hosts: the tiers' engines load all at once, or one after "
+        "another (in_turn: the first tier may answer a few seconds sooner, the graph is whole much "
+        "later: benchmarks/results/recovery.md); on a GPU each loads at once on its own share"
     )
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)

@@ -7,12 +7,11 @@ tested where Ray and vLLM cannot be installed (`make test-gpu`, tests/gpu/). On 
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 from pathlib import Path
 
 import numpy as np
+
+from deployments.heap import release_freed_memory
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -32,25 +31,6 @@ def pick_dtype(dtype: str, device: str) -> str:
     if dtype == "auto":
         return "float16" if device.startswith("cuda") else "float32"
     return dtype
-
-
-@functools.cache
-def _libc():
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
-
-
-def release_freed_memory() -> None:
-    """Hand the heap pages freed by the last batch back to the OS (glibc only; else nothing).
-
-    Every batch has its own shape (texts x longest text), and glibc keeps the pages of freed
-    tensors: 1,200 encodes of random batches grew a process from 1.2 to 2.3 GiB, and with this
-    call after each encode stayed at 0.62-0.64 GiB, at the same speed (`python -m benchmarks.heap`,
-    benchmarks/RESULTS.md)."""
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
 
 
 class SentenceEncoder:
