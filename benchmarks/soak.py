@@ -166,7 +166,7 @@ async def sample_memory(processes: dict[str, psutil.Process], samples: list[dict
 
 
 async def soak(base: str, minutes: float, load: float = 0.7, sample_every_s: float = 60,
-               warmup_s: float = 60, calibrate_s: float = 60, concurrency: int = 8,
+               warmup_s: float = 180, calibrate_s: float = 60, concurrency: int = 8,
                max_tokens: int = 48, max_growth: float = 0.05) -> dict:
     cap = await capacity(base, calibrate_s, concurrency, max_tokens)
     rate = load * cap
@@ -178,6 +178,7 @@ async def soak(base: str, minutes: float, load: float = 0.7, sample_every_s: flo
     processes = served_processes()
     samples: list[dict] = []
     in_flight: set[asyncio.Task] = set()
+    seconds: dict[str, list[float]] = {kind: [] for kind in MIX}
     started = time.monotonic()
     end = started + minutes * 60
     sampler = asyncio.create_task(
@@ -187,7 +188,9 @@ async def soak(base: str, minutes: float, load: float = 0.7, sample_every_s: flo
     async with httpx.AsyncClient(base_url=base, timeout=150,
                                  limits=httpx.Limits(max_connections=256)) as client:
         async def send(kind: str):
+            sent = time.monotonic()
             outcome = await one(client, kind, rng, max_tokens)
+            seconds[kind].append(time.monotonic() - sent)
             outcomes[outcome] += 1
             if outcome != "ok":
                 by_kind[f"{kind}: {outcome}"] += 1
@@ -217,11 +220,19 @@ async def soak(base: str, minutes: float, load: float = 0.7, sample_every_s: flo
     return {
         "minutes": minutes, "capacity_rps": round(cap, 2), "rate_rps": round(rate, 2),
         "requests": sum(outcomes.values()), "failures": failures, "failures_by_kind": dict(by_kind),
+        "latency_s": {kind: latency(values) for kind, values in seconds.items() if values},
         "rss_mib": samples, "rss_growth_after_warmup": growth, "max_growth": max_growth,
         "end": idle,
         "passed": not failures and bool(growth) and all(g < max_growth for g in growth.values())
         and idle["idle"],
     }
+
+
+def latency(values: list[float]) -> dict:
+    ordered = sorted(values)
+    return {"p50": round(ordered[len(ordered) // 2], 2),
+            "p95": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))], 2),
+            "max": round(ordered[-1], 2)}
 
 
 def write(result: dict, name: str = "soak") -> None:
@@ -230,7 +241,10 @@ def write(result: dict, name: str = "soak") -> None:
     lines = [f"# Soak: {result['minutes']:g} min at {result['rate_rps']} requests/s "
              f"(capacity {result['capacity_rps']}/s)", "",
              f"- requests: {result['requests']}; failures: {result['failures'] or 'none'}",
-             f"- engines idle at the end: {result['end']}", "",
+             f"- engines idle at the end: {result['end']}",
+             "- seconds per request by kind (p50 / p95 / max): " + "; ".join(
+                 f"{kind} {v['p50']} / {v['p95']} / {v['max']}"
+                 for kind, v in result.get("latency_s", {}).items()), "",
              "| process | RSS first (MiB) | RSS last (MiB) | growth |", "|---|---|---|---|"]
     first, last = result["rss_mib"][0], result["rss_mib"][-1]
     for proc, g in result["rss_growth_after_warmup"].items():
@@ -245,7 +259,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=15)
     parser.add_argument("--load", type=float, default=0.7, help="share of measured capacity")
     parser.add_argument("--sample-every", type=float, default=60, help="seconds between RSS samples")
-    parser.add_argument("--warmup", type=float, default=60, help="seconds before the first sample")
+    # Three minutes: an engine's worker fills its working set (batch shapes, sequence lengths) for
+    # its first minutes at this load (the second 15-minute soak: +4 % by minute 4, then level).
+    parser.add_argument("--warmup", type=float, default=180, help="seconds before the first sample")
     args = parser.parse_args()
     server = None
     base = args.base

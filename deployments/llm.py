@@ -105,7 +105,7 @@ def keeping_scheduler_stats(store: dict):
     return SchedulerSnapshot
 
 
-HEAP_RELEASE_EVERY_S = 30.0
+HEAP_RELEASE_EVERY_S = 10.0  # each release: one 7 ms round trip, between two steps
 
 
 @contextlib.asynccontextmanager
@@ -403,7 +403,8 @@ class LLMDeployment:
 
     async def _release_worker_heap(self) -> None:
         """The worker process, where the model runs, hands its freed heap pages back to the OS
-        (deployments/heap.py; without it a 15-minute soak saw one worker grow 10 %). Answered
+        (deployments/heap.py; without it a 15-minute soak saw one worker grow 10 %, with it every
+        30 s 5.2 %, rising for 4 minutes and then swinging 2.32-2.38 GiB between releases). Answered
         between two steps, like the heartbeat's question; a failure is logged, not fatal."""
         try:
             await self.engine.collective_rpc("release_freed_memory", timeout=30)

@@ -47,6 +47,7 @@ def cluster_config() -> dict:
     args["tiers"] = args["tiers"][:1]
     for part in (args["tiers"][0], args["router"]):
         part["deployment"]["resources"] = dict(HEAD_ONLY)
+    args["embedder"]["deployment"].pop("autoscaling", None)  # two fixed replicas, one per node
     args["embedder"]["deployment"].update(num_replicas=2, num_cpus=0.3)
     return config
 

@@ -82,7 +82,9 @@ def variant(tiers: list[dict], embedder_source: str) -> dict:
     fast = args["tiers"][0]
     args["tiers"] = [{**copy.deepcopy(fast), **t} for t in tiers]
     args["embedder"]["model_source"] = embedder_source
-    args["embedder"]["deployment"] = {**args["embedder"]["deployment"], "num_cpus": 0.1}
+    # One embedder replica in the extra apps: their overload and failure figures assume one.
+    embedder = {k: v for k, v in args["embedder"]["deployment"].items() if k != "autoscaling"}
+    args["embedder"]["deployment"] = {**embedder, "num_cpus": 0.1, "num_replicas": 1}
     return args
 
 

@@ -65,6 +65,7 @@ def test_burst_of_1280_requests_sheds_cleanly_and_restarts_nothing(http):
             assert int(r.headers["retry-after"]) > 0
     # Health checks run every 10 s with a 30 s timeout (serve_config.yaml); give one more round.
     time.sleep(12)
-    assert replica_names() == before, "a replica was restarted during the burst"
+    # Every replica from before is still there (the embedder's autoscaling may have added one).
+    assert before <= replica_names(), "a replica was restarted during the burst"
     health = http.get("/health").json()
     assert health["status"] == "ok", health

@@ -29,12 +29,24 @@ HI = {"model": CHAT, "max_tokens": 4, "temperature": 0,
       "messages": [{"role": "user", "content": "Hi"}]}
 
 
-def replica_actor(deployment: str):
+def replicas(deployment: str) -> list[dict]:
     prefix = f"SERVE_REPLICA::{APP}#{deployment}#"
-    found = [a for a in ray.util.list_named_actors(all_namespaces=True)
-             if a["name"].startswith(prefix)]
+    return [a for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith(prefix)]
+
+
+def replica_actor(deployment: str):
+    found = replicas(deployment)
     assert len(found) == 1, found
     return ray.get_actor(found[0]["name"], namespace=found[0]["namespace"]), found[0]["name"]
+
+
+@pytest.fixture(autouse=True)
+def one_replica_each(base_url):
+    """Each fault starts from one replica per deployment: the embedder autoscales 1-2
+    (serve_config.yaml) and may still hold a second replica from an earlier test's load."""
+    wait_until(lambda: all(len(replicas(d)) == 1 for d in ("router", "embedder", "fast", "careful")),
+               240, "one replica of each deployment")
 
 
 def engine_core(tier: str, app: str = APP) -> psutil.Process:
@@ -48,12 +60,11 @@ def engine_core(tier: str, app: str = APP) -> psutil.Process:
 
 
 def healthy_on_a_new_replica(deployment: str, old_name: str) -> bool:
+    """Healthy, and the killed replica is gone (the embedder may have scaled up meanwhile)."""
     if serve.status().applications[APP].deployments[deployment].status.value != "HEALTHY":
         return False
-    try:
-        return replica_actor(deployment)[1] != old_name
-    except AssertionError:
-        return False  # the old and the new replica both listed for a moment
+    names = [a["name"] for a in replicas(deployment)]
+    return bool(names) and old_name not in names
 
 
 def tier_status(tier: str) -> str:
