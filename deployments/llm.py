@@ -105,7 +105,7 @@ def keeping_scheduler_stats(store: dict):
     return SchedulerSnapshot
 
 
-HEAP_RELEASE_EVERY_S = 10.0  # each release: one 7 ms round trip, between two steps
+HEAP_RELEASE_EVERY_S = 10.0  # each release: one utility call, answered between two steps
 
 
 @contextlib.asynccontextmanager
