@@ -240,7 +240,7 @@ def test_stalled_engine_is_routed_around_then_replaced(http):
 def test_every_replica_killed_at_once_comes_back(http):
     """One replica of every deployment killed at once under load (the last test of the main
     graph): the graph answers again once the router and the first tier are back, and is healthy
-    again once both engines have loaded, one after the other on this host."""
+    again once both engines have loaded (side by side, the default tier_load_order)."""
     old = {d: replica_actor(d)[1] for d in ("router", "embedder", "fast", "careful")}
     seen = {}
 
@@ -258,10 +258,10 @@ def test_every_replica_killed_at_once_comes_back(http):
         lambda: all(healthy_on_a_new_replica(d, name) for d, name in old.items()), limit_s=240))
     result.update(seen)
     print(result)
-    # Measured here: answering again after 48-55 s; every deployment healthy after 47.8 s when the
-    # two engines happened to load side by side, 85.6-86.6 s when they loaded in turn (issue 14 asks
-    # <= 60 s: not met in that case). Bounds: one engine load, then two, with some slack.
+    # Measured here (engines loading side by side, tier_load_order's default): answering again
+    # and every deployment healthy after 48.6 / 48.8 s (issue 14 asks <= 60 s; loading in turn
+    # took 73-87 s). Bounds: the target with room for a slower CPU, not the in-turn figures.
     assert result["answering_s"] <= 75, result
-    assert result["recovered_s"] <= 120, result
+    assert result["recovered_s"] <= 75, result
     assert http.get("/health").json()["status"] == "ok"
     wait_until(lambda: not orphaned_engines(), 10, f"no orphaned engine: {orphaned_engines()}")
