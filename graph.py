@@ -17,7 +17,7 @@ from deployments.router import Router
 
 def build(config: GraphConfig) -> Application:
     in_turn = config.tier_load_order == "in_turn"
-    tiers = [  # load_turn: on a shared CPU host the cheapest tier loads first
+    tiers = [  # load_turn (tier_load_order in_turn): the cheapest tier's engine loads first
         LLMDeployment.options(**tier.deployment.serve_options(tier.name)).bind(
             tier, turn if in_turn else None)
         for turn, tier in enumerate(config.tiers)

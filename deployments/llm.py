@@ -110,11 +110,13 @@ HEAP_RELEASE_EVERY_S = 10.0  # each release: one utility call, answered between 
 
 @contextlib.asynccontextmanager
 async def loading_in_turn(turn: int, app: str):
-    """Engines of one app on one CPU host load one after another, in tier order: two loads at once
-    share the cores and both finish late, so in turn the first tier serves in about half the time
-    (benchmarks/overhead.py: cold start). Each turn holds an flock in /tmp while it loads and waits
-    for the earlier turns' locks on this host; engines on other hosts have cores of their own and
-    do not wait. A turn whose predecessors have not started yet simply goes first."""
+    """With `tier_load_order: in_turn`: engines of one app on one CPU host load one after another,
+    in tier order, so the first tier does not share the cores while it loads. Measured
+    (benchmarks/results/recovery.md): the first answer after a total loss came ~6 s sooner than
+    side by side, the whole graph ~30 s later, so side by side is the default. Each turn holds an
+    flock in /tmp while it loads and waits for the earlier turns' locks on this host; engines on
+    other hosts have cores of their own and do not wait. A turn whose predecessors have not
+    started yet simply goes first."""
     folder = Path(tempfile.gettempdir()) / f"graphserve-load-{app}"
     folder.mkdir(exist_ok=True)
     mine = open(folder / f"{turn}.lock", "w")
