@@ -13,9 +13,6 @@ import numpy as np
 
 from deployments.heap import release_freed_memory
 
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-
-
 def pick_device(device: str) -> str:
     """'auto': the GPU when this process has one, else the CPU."""
     import torch
@@ -26,8 +23,8 @@ def pick_device(device: str) -> str:
 
 
 def pick_dtype(dtype: str, device: str) -> str:
-    """'auto': float16 on a GPU (half the memory traffic), float32 on a CPU (fp16 matmuls there are
-    slow, and bf16 is only fast on some CPUs: not worth a per-host rule for a 22M-parameter model)."""
+    """'auto': float16 on a GPU (half the memory; vectors within cosine 0.999999 of float32 in
+    tests/gpu), float32 on a CPU (the dtype every CPU figure of the embedder here was measured in)."""
     if dtype == "auto":
         return "float16" if device.startswith("cuda") else "float32"
     return dtype
