@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from benchmarks.load import PROMPTS, SENTENCES
+from benchmarks.load import PROMPTS, SENTENCES, pct
 from benchmarks.questions import CAPITALS
 
 RESULTS = Path(__file__).parent / "results"
@@ -229,10 +229,8 @@ async def soak(base: str, minutes: float, load: float = 0.7, sample_every_s: flo
 
 
 def latency(values: list[float]) -> dict:
-    ordered = sorted(values)
-    return {"p50": round(ordered[len(ordered) // 2], 2),
-            "p95": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))], 2),
-            "max": round(ordered[-1], 2)}
+    return {"p50": round(pct(values, 50), 2), "p95": round(pct(values, 95), 2),
+            "max": round(max(values), 2)}
 
 
 def write(result: dict, name: str = "soak") -> None:

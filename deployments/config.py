@@ -79,8 +79,8 @@ class DeploymentOptions(Strict):
         return options
 
 
-def assigned(resource: str, declared: float) -> float:
-    """This replica's share of a Ray resource ("CPU", "GPU") as Ray scheduled it, else `declared`.
+def assigned(options: DeploymentOptions) -> dict[str, float]:
+    """This replica's CPUs and GPUs as Ray scheduled it, else as `options` declare them.
 
     A `deployments:` entry in a serve config overrides the options our args produce (Serve applies
     it after the app is built), so what a replica derives from its share (vLLM's memory share,
@@ -88,8 +88,9 @@ def assigned(resource: str, declared: float) -> float:
     import ray
 
     if not ray.is_initialized():
-        return declared
-    return float(ray.get_runtime_context().get_assigned_resources().get(resource, 0.0))
+        return {"CPU": options.num_cpus, "GPU": options.num_gpus}
+    given = ray.get_runtime_context().get_assigned_resources()
+    return {"CPU": float(given.get("CPU", 0.0)), "GPU": float(given.get("GPU", 0.0))}
 
 
 class SamplingDefaults(Strict):

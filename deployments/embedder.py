@@ -61,8 +61,7 @@ class EmbedderDeployment:
         folder = embedder_folder(config.model_source)
         # What Ray gave this replica (a serve config's `deployments:` entry may override the
         # args); Ray pins OMP_NUM_THREADS to its CPUs, an explicit `threads` overrides that.
-        self.resources = {"CPU": assigned("CPU", config.deployment.num_cpus),
-                          "GPU": assigned("GPU", config.deployment.num_gpus)}
+        self.resources = assigned(config.deployment)
         self.encoder = SentenceEncoder(folder, config.device, config.dtype,
                                        threads=config.threads or max(1, int(self.resources["CPU"])))
         self.dimensions = self.encoder.dimensions

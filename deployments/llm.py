@@ -141,8 +141,7 @@ class LLMDeployment:
         # First, so that no way this process can end leaves its engine running (reaper.py).
         self._reaper = reaper.watch_me()
         # What Ray gave this replica (a serve config's `deployments:` entry may override the args).
-        self.resources = {"CPU": assigned("CPU", config.deployment.num_cpus),
-                          "GPU": assigned("GPU", config.deployment.num_gpus)}
+        self.resources = assigned(config.deployment)
         folder = llm_folder(config.model_source)  # a missing model fails here, before vLLM starts
         has_cuda = torch.cuda.is_available()
         if has_cuda or load_turn is None:  # its own GPU share, or told to: load at once

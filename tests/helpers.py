@@ -78,3 +78,13 @@ def generator():
 def serve_env() -> dict[str, str]:
     """Ray Serve's data path from cluster/serve.env, parsed as the cluster manifests parse it."""
     return generator().serve_env()
+
+
+def replica_actors(app: str, deployment: str = "") -> list[dict]:
+    """Serve's named actor (name, namespace) of every live replica of `app`, or of one of its
+    deployments: a restarted replica has a new name."""
+    import ray
+
+    prefix = f"SERVE_REPLICA::{app}#" + (f"{deployment}#" if deployment else "")
+    return [a for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith(prefix)]

@@ -12,7 +12,7 @@ import time
 import psutil
 
 from deployments import reaper
-from tests.helpers import ended
+from tests.helpers import ended, wait_until
 
 REPLICA = textwrap.dedent("""
     import subprocess, sys, time
@@ -39,10 +39,8 @@ def test_killed_replica_leaves_no_descendant():
     time.sleep(0.5)  # the watcher has seen both descendants
     replica.send_signal(signal.SIGKILL)
     replica.wait()
-    deadline = time.monotonic() + 10
-    while not (ended(child) and ended(grandchild)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert ended(child) and ended(grandchild)
+    wait_until(lambda: ended(child) and ended(grandchild), 10,
+               "the replica's child and grandchild to end", interval_s=0.1)
     watcher[0].wait(10)  # and the watcher itself ends
 
 

@@ -8,9 +8,9 @@ import collections
 import time
 
 import httpx
-import ray
 
 from tests.e2e.conftest import BASE, config_args
+from tests.helpers import replica_actors
 
 CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
@@ -18,9 +18,7 @@ BURST = 1280
 
 
 def replica_names() -> set[str]:
-    """The named actor of every replica of the main app: a restarted replica has a new name."""
-    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-            if a["name"].startswith("SERVE_REPLICA::graphserve#")}
+    return {a["name"] for a in replica_actors("graphserve")}
 
 
 async def burst() -> list[httpx.Response | Exception]:

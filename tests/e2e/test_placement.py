@@ -27,7 +27,7 @@ class Where:
 
     def __call__(self, request) -> dict:
         context = ray.get_runtime_context()
-        gpus = assigned("GPU", self.tier.deployment.num_gpus)  # as LLMDeployment reads it
+        gpus = assigned(self.tier.deployment)["GPU"]  # as LLMDeployment reads it
         return {"replica": serve.get_replica_context().replica_id.unique_id,
                 "gpu_ids": context.get_accelerator_ids().get("GPU", []),
                 "gpus": gpus, "gpu_memory_utilization": gpu_memory_utilization(self.tier, gpus)}

@@ -20,7 +20,7 @@ import ray
 from ray import serve
 
 from tests.e2e.conftest import BASE, BROKEN, variant
-from tests.helpers import ended, orphaned_engines, title, wait_until
+from tests.helpers import ended, orphaned_engines, replica_actors, title, wait_until
 
 CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
@@ -29,14 +29,8 @@ HI = {"model": CHAT, "max_tokens": 4, "temperature": 0,
       "messages": [{"role": "user", "content": "Hi"}]}
 
 
-def replicas(deployment: str) -> list[dict]:
-    prefix = f"SERVE_REPLICA::{APP}#{deployment}#"
-    return [a for a in ray.util.list_named_actors(all_namespaces=True)
-            if a["name"].startswith(prefix)]
-
-
 def replica_actor(deployment: str):
-    found = replicas(deployment)
+    found = replica_actors(APP, deployment)
     assert len(found) == 1, found
     return ray.get_actor(found[0]["name"], namespace=found[0]["namespace"]), found[0]["name"]
 
@@ -45,7 +39,8 @@ def replica_actor(deployment: str):
 def one_replica_each(base_url):
     """Each fault starts from one replica per deployment: the embedder autoscales 1-2
     (serve_config.yaml) and may still hold a second replica from an earlier test's load."""
-    wait_until(lambda: all(len(replicas(d)) == 1 for d in ("router", "embedder", "fast", "careful")),
+    wait_until(lambda: all(len(replica_actors(APP, d)) == 1
+                           for d in ("router", "embedder", "fast", "careful")),
                240, "one replica of each deployment")
 
 
@@ -63,7 +58,7 @@ def healthy_on_a_new_replica(deployment: str, old_name: str) -> bool:
     """Healthy, and the killed replica is gone (the embedder may have scaled up meanwhile)."""
     if serve.status().applications[APP].deployments[deployment].status.value != "HEALTHY":
         return False
-    names = [a["name"] for a in replicas(deployment)]
+    names = [a["name"] for a in replica_actors(APP, deployment)]
     return bool(names) and old_name not in names
 
 

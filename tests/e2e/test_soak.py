@@ -5,17 +5,16 @@ warm-up, every engine idle at the end."""
 
 import asyncio
 
-from ray import serve
-
 from benchmarks.soak import soak
 from tests.e2e.conftest import BASE, wait_until
+from tests.helpers import replica_actors
 
 
 def test_two_minute_soak_loses_nothing_and_leaks_nothing(base_url):
     # The memory of each process is followed from the start: begin with the embedder's one
     # steady replica (it autoscales 1-2 and may still hold a second from an earlier test).
-    wait_until(lambda: serve.status().applications["graphserve"].deployments["embedder"]
-               .replica_states.get("RUNNING", 0) == 1, 240, "one embedder replica")
+    wait_until(lambda: len(replica_actors("graphserve", "embedder")) == 1, 240,
+               "one embedder replica")
     result = asyncio.run(soak(BASE, minutes=2, sample_every_s=20, warmup_s=20, calibrate_s=30))
     print(f"\n{ {k: v for k, v in result.items() if k != 'rss_mib'} }")
     assert result["requests"] > 0 and not result["failures"], result["failures_by_kind"]
