@@ -60,6 +60,13 @@ def gpu_memory_utilization(config: LLMConfig, gpus: float | None = None) -> floa
     return round(0.9 * min(gpus, 1.0), 3) or 0.9
 
 
+def gpu_budget(config: LLMConfig, total_bytes: int, gpus: float | None = None) -> tuple[int, str]:
+    """The bytes this replica's engine may fill on a GPU of `total_bytes`, and how to name them
+    in a preflight error."""
+    share = gpu_memory_utilization(config, gpus)
+    return int(total_bytes * share), f"this replica ({share:.0%} of the GPU, from its num_gpus)"
+
+
 def resolve_max_tokens(sampling: Sampling, config: LLMConfig, prompt_tokens: int) -> int:
     """Client value checked against the caps; an unset value is fitted into the context left."""
     room = config.max_model_len - prompt_tokens
@@ -216,9 +223,9 @@ class LLMDeployment:
         if dtype == "auto":
             dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16")
         if has_cuda:
-            share = gpu_memory_utilization(self.config, self.resources["GPU"])
-            available = int(torch.cuda.get_device_properties(0).total_memory * share)
-            where = f"this replica ({share:.0%} of the GPU, from its num_gpus)"
+            available, where = gpu_budget(self.config,
+                                          torch.cuda.get_device_properties(0).total_memory,
+                                          self.resources["GPU"])
             kv_gib = None
         else:
             available, where, kv_gib = psutil.virtual_memory().available, "this host (free RAM)", \

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from deployments.config import GraphConfig
-from deployments.llm import gpu_memory_utilization
+from deployments.llm import gpu_budget
 from deployments.memory import GIB, MemoryBudgetError, check
 from tests.helpers import generator
 
@@ -25,10 +25,8 @@ def profile_args() -> dict:
 def preflight(tier) -> float:
     """The tier's memory preflight on its share of the profile's GPU, as its replica runs it."""
     cfg = json.loads((CONFIGS / f"{tier.model_id}.json").read_text())
-    share = gpu_memory_utilization(tier)
-    est = check(cfg, tier.dtype, tier.max_model_len, None, int(GPU_GIB * share * GIB),
-                f"{tier.name} ({share:.0%} of a {GPU_GIB} GiB GPU)")
-    return est.total_bytes / GIB
+    available, where = gpu_budget(tier, int(GPU_GIB * GIB))
+    return check(cfg, tier.dtype, tier.max_model_len, None, available, where).total_bytes / GIB
 
 
 def test_rayservice_embeds_the_gpu_profile_and_is_current():
