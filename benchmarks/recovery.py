@@ -111,7 +111,6 @@ def one_run(order: str, port: int) -> dict:
             t.start()
         time.sleep(10)
         old = replica_names()
-        killed = time.monotonic()
         for names in old.values():
             for name in names:
                 ray.kill(ray.get_actor(name, namespace=SERVE_NAMESPACE), no_restart=True)

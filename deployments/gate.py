@@ -35,11 +35,10 @@ from deployments.protocol import (
     APIError,
     BadRequest,
     Candidate,
-    ChatCompletionRequest,
-    CompletionRequest,
     GenerationDelta,
     GenerationRequest,
     GenerationResult,
+    Job,
     LikelihoodRequest,
     ModelNotFound,
     Overloaded,
@@ -287,31 +286,6 @@ def spent(generation_ms: float, scoring_ms: float, tokens: int) -> dict:
             "tokens": tokens}
 
 
-def relevance_text(request: ChatCompletionRequest | CompletionRequest) -> str:
-    """What the answer should be relevant to: the last user turn (or the raw prompt)."""
-    if isinstance(request, CompletionRequest):
-        return request.prompt
-    users = [m.text() for m in request.messages if m.role == "user"]
-    return users[-1] if users else request.messages[-1].text()
-
-
-def sampling_of(request: ChatCompletionRequest | CompletionRequest) -> Sampling:
-    stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
-    return Sampling(
-        n=request.n, max_tokens=request.max_tokens, temperature=request.temperature,
-        top_p=request.top_p, stop=stop, seed=request.seed,
-        presence_penalty=request.presence_penalty or 0.0,
-        frequency_penalty=request.frequency_penalty or 0.0, top_logprobs=request.top_logprobs_asked(),
-    )
-
-
-def prompt_of(request: ChatCompletionRequest | CompletionRequest) -> dict:
-    """The prompt fields of a tier request: chat messages, or the raw completion prompt."""
-    if isinstance(request, ChatCompletionRequest):
-        return {"messages": request.chat()}
-    return {"prompt": request.prompt}
-
-
 def evidence(prompt: str, answer: str, finish_reason: str | None,
              tokens: list[TokenLogprob] | None, samples: list[str] | None,
              vectors: list[list[float]] | None,
@@ -395,9 +369,9 @@ class Gate:
                              f"{', '.join(t.name for t in self.tiers)}", param=param)
         raise ModelNotFound.named(model, model_ids(self.tiers))
 
-    def _quality_config(self, request) -> tuple[QualityConfig, int, str]:
+    def _quality_config(self, job: Job) -> tuple[QualityConfig, int, str]:
         """The gate for this request: config defaults with the client's override on top."""
-        cfg, override = self.config.quality, request.quality
+        cfg, override = self.config.quality, job.quality
         attempts = self.config.max_attempts_per_tier * len(self.tiers)
         mode = self.config.gate_mode
         if override is not None:
@@ -410,14 +384,12 @@ class Gate:
 
     # -- generation -------------------------------------------------------------------------
 
-    async def complete(self, request: ChatCompletionRequest | CompletionRequest,
-                       request_id: str) -> tuple[GenerationResult, dict | None]:
+    async def complete(self, job: Job) -> tuple[GenerationResult, dict | None]:
         """Non-streaming: the gated answer and its quality report."""
-        outcome = await self._gated(request, request_id)
+        outcome = await self._gated(job)
         return outcome.result, self._report(outcome)
 
-    async def stream(self, request: ChatCompletionRequest | CompletionRequest,
-                     request_id: str) -> AsyncIterator[dict]:
+    async def stream(self, job: Job) -> AsyncIterator[dict]:
         """Events: {"start": tier/model}, {"delta": GenerationDelta}..., {"quality": report}.
 
         'report' mode streams the first attempt at once and scores it at the end (its consistency
@@ -425,9 +397,9 @@ class Gate:
         'buffered' mode runs the whole gate first, then sends the chosen answer (TTFT = full
         generation).
         """
-        qcfg, _, mode = self._quality_config(request)
+        qcfg, _, mode = self._quality_config(job)
         if mode == "buffered":
-            outcome = await self._gated(request, request_id)
+            outcome = await self._gated(job)
             result = outcome.result
             yield {"start": {"tier": result.tier, "model": result.model_id}}
             yield {"delta": GenerationDelta(
@@ -435,19 +407,19 @@ class Gate:
                 prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)}
             yield {"quality": self._report(outcome)}
             return
-        entry = self._entry_tier(request.model, request.quality)
+        entry = self._entry_tier(job.model, job.quality)
         # One attempt per tier, no scoring in the loop: the first tier whose stream yields wins.
         plan = plan_attempts(entry, [t.sampling.temperature for t in self.tiers],
-                             sampling_of(request), 1, len(self.tiers), 0.0)
+                             job.sampling, 1, len(self.tiers), 0.0)
         started = time.monotonic()
 
         async def open_stream(attempt: Attempt) -> tuple[int, object, GenerationDelta]:
             self._skip_if_down(attempt.tier)
-            generation = self._generation(request, request_id, attempt.sampling, attempt.tier, qcfg,
-                                          consensus=False)
+            generation = self._generation(job, job.request_id, attempt.sampling, attempt.tier,
+                                          qcfg, consensus=False)
             stream = self.tier_handles[attempt.tier].options(stream=True).stream.remote(generation)
             try:
-                first = await self._attempt(attempt.tier, request_id, stream.__anext__(),
+                first = await self._attempt(attempt.tier, job.request_id, stream.__anext__(),
                                             self.config.first_token_timeout_s)
             except StopAsyncIteration:
                 first = GenerationDelta(finish_reason="stop")
@@ -484,7 +456,7 @@ class Gate:
             tier=cfg.name,
         )
         generation_ms = (time.monotonic() - started) * 1000
-        _, report = await self._judge(request, result, qcfg, tier, consensus=False)
+        _, report = await self._judge(job, result, qcfg, tier, consensus=False)
         report.timing = spent(generation_ms, report.timing["scoring_ms"], result.tokens_generated)
         yield {"quality": self._report(Outcome(result, report))}
 
@@ -526,12 +498,12 @@ class Gate:
             work.cancel()
             fell.cancel()
 
-    async def _gated(self, request, request_id: str) -> Outcome:
-        qcfg, max_attempts, _ = self._quality_config(request)
-        entry = self._entry_tier(request.model, request.quality)
+    async def _gated(self, job: Job) -> Outcome:
+        qcfg, max_attempts, _ = self._quality_config(job)
+        entry = self._entry_tier(job.model, job.quality)
         every = self.config.max_attempts_per_tier * len(self.tiers)
         plan = plan_attempts(
-            entry, [t.sampling.temperature for t in self.tiers], sampling_of(request),
+            entry, [t.sampling.temperature for t in self.tiers], job.sampling,
             self.config.max_attempts_per_tier, every, self.config.retry_temperature_factor,
         )
         counter = iter(range(len(plan)))
@@ -544,21 +516,21 @@ class Gate:
                 kind = "retries" if tried[-1] == attempt.tier else "escalations"
                 metrics.inc(f"graphserve_quality_{kind}", tier=self.tiers[attempt.tier].name)
             tried.append(attempt.tier)
-            generation = self._generation(request, f"{request_id}-{next(counter)}",
+            generation = self._generation(job, f"{job.request_id}-{next(counter)}",
                                           attempt.sampling, attempt.tier, qcfg)
             started = time.monotonic()
-            result = await self._attempt(attempt.tier, request_id,
+            result = await self._attempt(attempt.tier, job.request_id,
                                          self.tier_handles[attempt.tier].generate.remote(generation),
                                          self.config.generation_timeout_s)
             totals["generation_ms"] += (time.monotonic() - started) * 1000
             totals["tokens"] += result.tokens_generated
             if self.tiers[attempt.tier].consensus_samples and not qcfg.enabled:
-                result, _ = await self._judge(request, result, qcfg, attempt.tier, consensus=True)
+                result, _ = await self._judge(job, result, qcfg, attempt.tier, consensus=True)
             return result
 
         async def score(result: GenerationResult) -> tuple[GenerationResult, quality.QualityReport]:
             tier = next(i for i, t in enumerate(self.tiers) if t.name == result.tier)
-            result, report = await self._judge(request, result, qcfg, tier,
+            result, report = await self._judge(job, result, qcfg, tier,
                                                consensus=self.tiers[tier].consensus_samples > 0)
             totals["scoring_ms"] += report.timing["scoring_ms"]
             return result, report
@@ -569,7 +541,7 @@ class Gate:
             outcome.report.timing = spent(**totals)
         return outcome
 
-    def _generation(self, request, request_id: str, sampling: Sampling, tier: int,
+    def _generation(self, job: Job, request_id: str, sampling: Sampling, tier: int,
                     qcfg: QualityConfig, consensus: bool = True) -> GenerationRequest:
         """One attempt's request to a tier: the client's sampling, plus what the gate needs: the
         scoring samples, or a consensus tier's if more (not for a stream: its answer is sent as
@@ -581,17 +553,17 @@ class Gate:
             request_id=request_id, sampling=sampling, samples=samples,
             sample_temperature=(cfg.consensus_temperature if consensus and cfg.consensus_samples
                                 else qcfg.sample_temperature),
-            signal_top_k=qcfg.signal_top_k if qcfg.enabled else 0, **prompt_of(request))
+            signal_top_k=qcfg.signal_top_k if qcfg.enabled else 0, **job.prompt_fields())
 
     # -- scoring ----------------------------------------------------------------------------
 
-    async def _judge(self, request, result: GenerationResult, qcfg: QualityConfig, tier: int,
+    async def _judge(self, job: Job, result: GenerationResult, qcfg: QualityConfig, tier: int,
                      consensus: bool) -> tuple[GenerationResult, quality.QualityReport]:
         """Signals and calibrated score of the answer (after a consensus pick among the answer
         and its samples when the tier asks for one): one embedder call for the prompt, the answer
         and the samples, then with `cross_tier` the next tier's likelihood of the chosen answer."""
         started = time.monotonic()
-        prompt = relevance_text(request)
+        prompt = job.relevance_text
         vectors = await self._embed([prompt, result.text, *(s.text for s in result.samples)])
         if consensus and result.samples:
             texts = [result.text, *(s.text for s in result.samples)]
@@ -602,7 +574,7 @@ class Gate:
             result = chosen_by_consensus(result, pick)
         cross = None
         if qcfg.cross_tier and tier + 1 < len(self.tiers):
-            cross = await self._likelihood(tier + 1, request, result.text, 0)
+            cross = await self._likelihood(tier + 1, job, result.text, 0)
         samples = [s.text for s in result.samples] if result.samples else None
         report = quality.score_answer(
             evidence(prompt, result.text, result.finish_reason, result.logprobs, samples, vectors,
@@ -640,14 +612,14 @@ class Gate:
             return None
         return vectors.tolist()
 
-    async def _likelihood(self, tier: int, request, answer: str, top_k: int,
-                          request_id: str | None = None) -> list[TokenLogprob] | None:
+    async def _likelihood(self, tier: int, job: Job, answer: str,
+                          top_k: int) -> list[TokenLogprob] | None:
         """The answer's token logprobs under a tier's model, or None when it cannot tell now."""
         name = self.tiers[tier].name
         if self.availability.is_down(name):
             return None
-        call = LikelihoodRequest(request_id=request_id or new_id("likelihood"), answer=answer,
-                                 top_k=top_k, **prompt_of(request))
+        call = LikelihoodRequest(request_id=new_id("likelihood"), answer=answer, top_k=top_k,
+                                 **job.prompt_fields())
         try:
             return await asyncio.wait_for(self.tier_handles[tier].likelihood.remote(call),
                                           self.config.generation_timeout_s)
@@ -667,13 +639,14 @@ class Gate:
     async def _score_pair(self, pair: ScorePair, body: QualityScoreRequest, tier: int | None,
                           qcfg: QualityConfig) -> dict:
         started = time.monotonic()
-        as_chat = ChatCompletionRequest(model=body.model or "given",
-                                        messages=[{"role": "user", "content": pair.prompt}])
+        job = Job(request_id=new_id("score"), model=body.model or "given",
+                  messages=[{"role": "user", "content": pair.prompt}], relevance_text=pair.prompt,
+                  sampling=Sampling())
         likelihood, samples = None, None
         if tier is not None:
-            calls = [self._likelihood(tier, as_chat, pair.answer, qcfg.signal_top_k)]
+            calls = [self._likelihood(tier, job, pair.answer, qcfg.signal_top_k)]
             if body.samples:
-                calls.append(self._draw_samples(tier, as_chat, body.samples, qcfg))
+                calls.append(self._draw_samples(tier, job, body.samples, qcfg))
             likelihood, *drawn = await asyncio.gather(*calls)
             samples = drawn[0] if drawn else None
         vectors = await self._embed([pair.prompt, pair.answer, *(samples or [])])
@@ -684,11 +657,11 @@ class Gate:
         return self._finish_report(report, named and named.name, named and named.model_id,
                                    time.monotonic() - started, served=False).to_dict()
 
-    async def _draw_samples(self, tier: int, request: ChatCompletionRequest, k: int,
+    async def _draw_samples(self, tier: int, job: Job, k: int,
                             qcfg: QualityConfig) -> list[str] | None:
         generation = GenerationRequest(
             request_id=new_id("samples"), sampling=Sampling(n=k, temperature=qcfg.sample_temperature),
-            **prompt_of(request))
+            **job.prompt_fields())
         try:
             result = await asyncio.wait_for(self.tier_handles[tier].generate.remote(generation),
                                             self.config.generation_timeout_s)

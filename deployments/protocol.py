@@ -295,6 +295,23 @@ class Sampling(BaseModel):
     top_logprobs: int | None = None  # top candidates per token the client asked for
 
 
+class Job(BaseModel):
+    """A chat or text completion as the gate sees it: made from the client's request at the edge
+    (`api.py`), whatever the endpoint. The gate reads nothing of the OpenAI request but this."""
+
+    request_id: str
+    model: str
+    messages: list[dict[str, str]] | None = None  # a chat, or
+    prompt: str | None = None  # a raw completion prompt
+    relevance_text: str  # what the answer should be relevant to: the last user turn, or the prompt
+    sampling: Sampling
+    quality: QualityOverride | None = None
+
+    def prompt_fields(self) -> dict:
+        """The prompt as a tier request carries it (`GenerationRequest`, `LikelihoodRequest`)."""
+        return {"messages": self.messages} if self.messages is not None else {"prompt": self.prompt}
+
+
 class GenerationRequest(BaseModel):
     """What the router asks an LLM tier for: chat messages or a raw prompt, plus sampling.
 
@@ -382,7 +399,7 @@ class GenerationResult(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------
-# Responses
+# Responses (built from internal results by `api.py`)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -390,76 +407,137 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
+        return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                   total_tokens=prompt_tokens + completion_tokens)
 
 
-def chat_logprobs(tokens: list[TokenLogprob], top: int) -> dict:
-    """The client's view: the gate may have asked the engine for more candidates than `top`."""
-    return {
-        "content": [
-            {
-                "token": t.token,
-                "logprob": t.logprob,
-                "bytes": list(t.token.encode()),
-                "top_logprobs": [
-                    {"token": s, "logprob": lp, "bytes": list(s.encode())} for s, lp in t.top[:top]
-                ],
-            }
-            for t in tokens
-        ]
-    }
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
 
 
-def completion_logprobs(tokens: list[TokenLogprob], top: int) -> dict:
-    return {
-        "tokens": [t.token for t in tokens],
-        "token_logprobs": [t.logprob for t in tokens],
-        "top_logprobs": [dict(t.top[:top]) for t in tokens],
-        "text_offset": [],
-    }
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
 
 
-def chat_response(rid: str, result: GenerationResult, top: int | None,
-                  quality: dict | None) -> dict:
-    """`top`: candidates per token the client asked for; None: no logprobs at all."""
-    body = {
-        "id": rid,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": result.model_id,
-        "choices": [{
-            "index": i,
-            "message": {"role": "assistant", "content": c.text},
-            "logprobs": chat_logprobs(c.logprobs, top) if top is not None else None,
-            "finish_reason": c.finish_reason,
-        } for i, c in enumerate(result.choices)],
-        "usage": usage(result.prompt_tokens, result.completion_tokens),
-    }
-    if quality is not None:
-        body["quality"] = quality
-    return body
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob]
 
 
-def completion_response(rid: str, result: GenerationResult, top: int | None,
-                        quality: dict | None) -> dict:
-    body = {
-        "id": rid,
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": result.model_id,
-        "choices": [{
-            "index": i,
-            "text": c.text,
-            "logprobs": completion_logprobs(c.logprobs, top) if top is not None else None,
-            "finish_reason": c.finish_reason,
-        } for i, c in enumerate(result.choices)],
-        "usage": usage(result.prompt_tokens, result.completion_tokens),
-    }
-    if quality is not None:
-        body["quality"] = quality
-    return body
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int] = Field(default_factory=list)
+
+
+# The quality report rides on a response as an extra field, present only when the gate scored.
+QualityField = Field(None, exclude_if=lambda v: v is None)
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    quality: dict | None = QualityField
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = Field(None, exclude_if=lambda v: v is None)
+    content: str | None = Field(None, exclude_if=lambda v: v is None)
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChatDelta
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = Field(None, exclude_if=lambda v: v is None)
+    quality: dict | None = QualityField
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class Completion(BaseModel):
+    """A whole text completion, and (as OpenAI streams them) each of its chunks."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = Field(None, exclude_if=lambda v: v is None)
+    quality: dict | None = QualityField
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # str: base64 of little-endian float32
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "graphserve"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class QualityScores(BaseModel):
+    """`POST /v1/quality/score`'s answer: one report per pair, in order."""
+
+    object: Literal["list"] = "list"
+    data: list[dict]

@@ -9,23 +9,21 @@ into the OpenAI error body by `error_response`, the one place that maps exceptio
 from __future__ import annotations
 
 import asyncio
-import base64
 import hmac
 import json
 import logging
 import os
-import time
 from typing import TypeVar
 
-import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployments import api
 from deployments.config import EmbedderConfig, LLMConfig, RouterConfig, model_ids
 from deployments.embedder import Embedded, check_inputs
 from deployments.gate import UNAVAILABLE, Gate, api_error
@@ -37,19 +35,16 @@ from deployments.protocol import (
     ClientClosedRequest,
     CompletionRequest,
     EmbeddingRequest,
+    Job,
     ModelNotFound,
     PayloadTooLarge,
     QualityScoreRequest,
+    QualityScores,
     RequestTimeout,
     Unauthorized,
     UnsupportedMediaType,
-    chat_logprobs,
-    chat_response,
-    completion_logprobs,
-    completion_response,
     error_body,
     new_id,
-    usage,
 )
 
 log = logging.getLogger("ray.serve")
@@ -122,8 +117,8 @@ async def client_gone(request: Request) -> None:
         message = await request.receive()
 
 
-def sse(data: dict | str) -> bytes:
-    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
+def as_json(body: BaseModel, headers: dict[str, str] | None = None) -> Response:
+    return Response(body.model_dump_json(), media_type="application/json", headers=headers)
 
 
 @serve.deployment
@@ -217,10 +212,7 @@ class Router:
     @app.get("/v1/models")
     async def models(self, request: Request) -> JSONResponse:
         self._authorize(request)
-        ids = [*self.model_ids, self.embedder_config.model_id]
-        return JSONResponse({"object": "list", "data": [
-            {"id": i, "object": "model", "created": 0, "owned_by": "graphserve"} for i in ids
-        ]})
+        return as_json(api.model_list([*self.model_ids, self.embedder_config.model_id]))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
@@ -234,76 +226,36 @@ class Router:
         body = await read_json(request, CompletionRequest, self.config.max_body_bytes)
         return await self._generate(request, body, chat=False)
 
-    async def _generate(self, request: Request, body, chat: bool):
+    async def _generate(self, request: Request, body: ChatCompletionRequest | CompletionRequest,
+                        chat: bool):
         if body.model not in self.model_ids:  # a 404 here spares the router a traceback
             raise ModelNotFound.named(body.model, self.model_ids)
         # Serve's proxy sets x-request-id (the client's, or a new one) and tags its logs with it.
-        rid = request.headers.get("x-request-id") or new_id("chatcmpl" if chat else "cmpl")
-        top = body.top_logprobs_asked()
+        job = api.job_of(body, request.headers.get("x-request-id")
+                         or new_id("chatcmpl" if chat else "cmpl"))
         if body.stream:
-            return await self._stream(rid, body, chat, top)
-        result, report = await self._bounded(self.gate.complete(body, rid), request)
-        make = chat_response if chat else completion_response
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return await self._stream(job, include_usage)
+        result, report = await self._bounded(self.gate.complete(job), request)
         # Serve's proxy puts x-request-id on every response; adding it here would duplicate it.
         headers = {"x-served-by": f"{result.tier}/{result.model_id}"}
         if report is not None:
             headers["x-quality-score"] = f"{report['score']:.4f}"
-        return JSONResponse(make(rid, result, top, report), headers=headers)
+        return as_json(api.completion_of(job, result, report), headers)
 
-    async def _stream(self, rid: str, body, chat: bool, top: int | None) -> StreamingResponse:
-        events = self.gate.stream(body, rid)
+    async def _stream(self, job: Job, include_usage: bool) -> StreamingResponse:
+        events = self.gate.stream(job)
         # Wait for the first event before answering, so a failure is still a proper HTTP error.
         try:
             start = (await self._bounded(events.__anext__()))["start"]
         except BaseException:
             await events.aclose()
             raise
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        created, model = int(time.time()), start["model"]
-
-        def chunk(delta_text: str | None, logprobs, finish, extra=None, role=False) -> dict:
-            if chat:
-                delta = {"role": "assistant"} if role else {}
-                if delta_text is not None:
-                    delta["content"] = delta_text
-                choice = {"index": 0, "delta": delta, "finish_reason": finish,
-                          "logprobs": chat_logprobs(logprobs, top) if top is not None and logprobs else None}
-            else:
-                choice = {"index": 0, "text": delta_text or "", "finish_reason": finish,
-                          "logprobs": (completion_logprobs(logprobs, top)
-                                       if top is not None and logprobs else None)}
-            out = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
-                   "created": created, "model": model, "choices": [choice]}
-            return {**out, **(extra or {})}
-
-        async def body_iter():
-            last, report = None, None  # the last delta carries finish reason and token counts
-            try:
-                if chat:
-                    yield sse(chunk("", None, None, role=True))
-                async for event in events:
-                    if "delta" in event:
-                        last = event["delta"]
-                        if last.text:
-                            yield sse(chunk(last.text, last.logprobs, None))
-                    elif "quality" in event:
-                        report = {"quality": event["quality"]}
-            except Exception as e:  # the status line is sent already: report the error in-band
-                yield sse(api_error(e).body())
-                yield sse("[DONE]")
-                return
-            # The quality report rides on the last chunk before [DONE].
-            yield sse(chunk(None, None, last.finish_reason if last else "stop",
-                            None if include_usage else report))
-            if include_usage and last is not None:
-                yield sse({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
-                           "created": created, "model": model, "choices": [],
-                           "usage": usage(last.prompt_tokens, last.completion_tokens), **(report or {})})
-            yield sse("[DONE]")
-
-        headers = {"x-served-by": f"{start['tier']}/{start['model']}",
-                   "cache-control": "no-cache"}
-        return StreamingResponse(body_iter(), media_type="text/event-stream", headers=headers)
+        chunks = api.Chunks(job, start["model"])
+        headers = {"x-served-by": f"{start['tier']}/{start['model']}", "cache-control": "no-cache"}
+        return StreamingResponse(
+            api.stream_of(chunks, events, include_usage, lambda e: api_error(e).body()),
+            media_type="text/event-stream", headers=headers)
 
     @app.post("/v1/embeddings")
     async def embeddings(self, request: Request) -> JSONResponse:
@@ -315,16 +267,7 @@ class Router:
         if body.dimensions is not None and body.dimensions != vectors.shape[1]:
             raise BadRequest(f"this model returns {vectors.shape[1]} dimensions; "
                              "other sizes are not supported", param="dimensions")
-        if body.encoding_format == "base64":
-            encoded = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
-        else:
-            encoded = vectors.astype(np.float64).tolist()
-        return JSONResponse({
-            "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)],
-            "model": body.model,
-            "usage": {"prompt_tokens": int(tokens.sum()), "total_tokens": int(tokens.sum())},
-        })
+        return as_json(api.embedding_list(body.model, vectors, tokens, body.encoding_format))
 
     async def _embed(self, texts: list[str]) -> Embedded:
         """The request's limits are checked here, at the edge; the embedder merges concurrent
@@ -339,4 +282,4 @@ class Router:
         if body.model is not None and body.model not in self.model_ids:
             raise ModelNotFound.named(body.model, self.model_ids)
         reports = await self._bounded(self.gate.score_pairs(body), request)
-        return JSONResponse({"object": "list", "data": reports})
+        return as_json(QualityScores(data=reports))

@@ -9,15 +9,13 @@ from deployments.gate import (
     TierUnavailable,
     chosen_by_consensus,
     plan_attempts,
-    relevance_text,
     run_gated,
-    sampling_of,
 )
 from deployments.protocol import (
     Candidate,
     ChatCompletionRequest,
-    CompletionRequest,
     GenerationResult,
+    Job,
     Sampling,
     ServiceUnavailable,
 )
@@ -160,20 +158,6 @@ def test_gate_off_returns_first_answer_unscored():
     assert out.report is None and out.result.text == "cut off in the"
 
 
-def test_request_mapping():
-    chat = ChatCompletionRequest.model_validate({
-        "model": "m", "messages": [{"role": "system", "content": "be brief"},
-                                   {"role": "user", "content": "capital of France?"}],
-        "stop": "\n", "logprobs": True, "top_logprobs": 2, "max_completion_tokens": 9})
-    assert relevance_text(chat) == "capital of France?"
-    s = sampling_of(chat)
-    assert s.stop == ["\n"] and s.top_logprobs == 2 and s.max_tokens == 9
-    assert sampling_of(ChatCompletionRequest.model_validate(
-        {"model": "m", "messages": [{"role": "user", "content": "x"}]})).top_logprobs is None
-    comp = CompletionRequest.model_validate({"model": "m", "prompt": ["Once upon"], "logprobs": 0})
-    assert relevance_text(comp) == "Once upon" and sampling_of(comp).top_logprobs == 0
-
-
 def test_availability_marks_down_until_a_probe_answers():
     from deployments.gate import Availability
 
@@ -291,10 +275,7 @@ def test_chosen_by_consensus_swaps_answer_and_sample():
     assert picked.tokens_generated == res.tokens_generated
 
 
-def test_n_and_client_logprobs_reach_the_engine():
-    chat = ChatCompletionRequest.model_validate({
-        "model": "m", "n": 3, "messages": [{"role": "user", "content": "x"}]})
-    assert sampling_of(chat).n == 3
+def test_n_with_stream_is_refused():
     with pytest.raises(ValueError):
         ChatCompletionRequest.model_validate({
             "model": "m", "n": 2, "stream": True, "messages": [{"role": "user", "content": "x"}]})
@@ -347,10 +328,10 @@ def test_a_stream_draws_only_the_scoring_samples_even_from_a_consensus_tier():
 
     gate = Gate.__new__(Gate)
     gate.tiers = [LLMConfig(name="careful", consensus_samples=8, consensus_temperature=0.3)]
-    request = ChatCompletionRequest.model_validate(
-        {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    job = Job(request_id="r", model="m", messages=[{"role": "user", "content": "hi"}],
+              relevance_text="hi", sampling=Sampling())
     qcfg = QualityConfig(samples=4, sample_temperature=0.8)
-    whole = gate._generation(request, "r", Sampling(), 0, qcfg)
-    streamed = gate._generation(request, "r", Sampling(), 0, qcfg, consensus=False)
+    whole = gate._generation(job, "r", Sampling(), 0, qcfg)
+    streamed = gate._generation(job, "r", Sampling(), 0, qcfg, consensus=False)
     assert (whole.samples, whole.sample_temperature) == (8, 0.3)
     assert (streamed.samples, streamed.sample_temperature) == (4, 0.8)
