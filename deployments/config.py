@@ -199,6 +199,28 @@ class QualityConfig(Strict):
     )
 
 
+class CanaryCheck(Strict):
+    prompt: str = Field(min_length=1)
+    expect: list[str] = Field(min_length=1, description="right when the answer names one of these")
+
+
+# Questions SmolLM2-135M-Instruct answers right (benchmarks/data/answers.jsonl, temperature 0): a
+# healthy tier gets them, at its own sampling too; one whose answers are ruined does not.
+DEFAULT_CANARY = [CanaryCheck(prompt=f"What is the capital of {country}?", expect=[city])
+                  for country, city in (("France", "Paris"), ("Germany", "Berlin"),
+                                        ("Japan", "Tokyo"), ("Egypt", "Cairo"))]
+
+
+class CanaryConfig(Strict):
+    """The quality canary (`canary.py`): fixed questions with checkable answers, asked of each
+    tier as a client would ask them (the tier's own sampling, the gate's scoring)."""
+
+    interval_s: float = Field(60.0, ge=0, description="seconds between rounds; 0: no canary")
+    min_correct_share: float = Field(
+        0.75, ge=0, le=1, description="a round with fewer right answers marks the tier failing")
+    checks: list[CanaryCheck] = Field(default_factory=lambda: list(DEFAULT_CANARY), min_length=1)
+
+
 class RouterConfig(Strict):
     """The one deployment in front of the models: the OpenAI HTTP API and the quality gate."""
 
@@ -241,6 +263,7 @@ class RouterConfig(Strict):
         "report", description="streaming: 'report' streams at once, 'buffered' waits for a pass"
     )
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    canary: CanaryConfig = Field(default_factory=CanaryConfig)
     deployment: DeploymentOptions = Field(
         # A full router is answered by Serve's proxy, without our error body: the router only
         # parses, waits and scores, so it takes a burst whole and the graph sheds with its own

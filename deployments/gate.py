@@ -29,8 +29,8 @@ from ray.serve.exceptions import (
 )
 from ray.serve.handle import DeploymentHandle
 
-from deployments import metrics, quality
-from deployments.config import LLMConfig, QualityConfig, RouterConfig, model_ids
+from deployments import canary, metrics, quality
+from deployments.config import CanaryCheck, LLMConfig, QualityConfig, RouterConfig, model_ids
 from deployments.protocol import (
     APIError,
     BadRequest,
@@ -334,6 +334,9 @@ class Gate:
         self.availability = Availability(list(self.downstream), config.stall_reroute_s,
                                          [t.name for t in tiers])
         self._probes = [asyncio.create_task(self._watch(n, h)) for n, h in self.downstream.items()]
+        self.canary: dict[str, dict] = {}  # tier -> its last canary round
+        if config.canary.interval_s > 0:
+            self._probes += [asyncio.create_task(self._canary(i)) for i in range(len(tiers))]
 
     async def _watch(self, name: str, handle: DeploymentHandle) -> None:
         """Probe one downstream deployment's `info` on a fixed period, forever."""
@@ -345,6 +348,43 @@ class Gate:
             else:
                 self.availability.up(name, info)
             await asyncio.sleep(self.config.probe_interval_s)
+
+    async def _canary(self, tier: int) -> None:
+        """Every `canary.interval_s`, the tier answers the canary's questions as a client would be
+        answered (its own sampling defaults, a consensus tier's pick, the gate's score; no retry):
+        the metrics count every answer, /health shows the last round. A tier that is down or
+        loading is skipped: its probes report that."""
+        cfg, name = self.config.canary, self.tiers[tier].name
+        while True:
+            await asyncio.sleep(cfg.interval_s)
+            if self.availability.state[name]["status"] not in ("ok", "slow"):
+                continue
+            started = time.time()
+            try:
+                checks = await asyncio.gather(*(self._ask(tier, c) for c in cfg.checks))
+            except Exception as e:  # the tier failed meanwhile
+                log.warning("canary round of %s skipped: %s", name, type(e).__name__)
+                continue
+            self.canary[name] = canary.summary(checks, cfg.min_correct_share, started)
+            if self.canary[name]["failing"]:
+                log.warning("tier %s fails its canary: %d of %d answers right", name,
+                            self.canary[name]["correct"], len(checks))
+
+    async def _ask(self, tier: int, check: CanaryCheck) -> canary.Check:
+        cfg, qcfg = self.tiers[tier], self.config.quality
+        job = Job(request_id=new_id("canary"), model=cfg.model_id,
+                  messages=[{"role": "user", "content": check.prompt}],
+                  relevance_text=check.prompt, sampling=Sampling())
+        consensus = cfg.consensus_samples > 0
+        generation = self._generation(job, job.request_id, job.sampling, tier, qcfg, consensus)
+        result = await asyncio.wait_for(self.tier_handles[tier].generate.remote(generation),
+                                        self.config.generation_timeout_s)
+        result, report = await self._judge(job, result, qcfg, tier, consensus, served=False)
+        right = canary.correct(result.text, check.expect)
+        metrics.inc("graphserve_canary_checks", tier=cfg.name, correct=str(right).lower())
+        metrics.observe("graphserve_canary_score", report.score, tier=cfg.name)
+        return canary.Check(prompt=check.prompt, answer=result.text, correct=right,
+                            score=round(report.score, 4))
 
     def _failed(self, name: str, error: BaseException) -> None:
         """A call failed: a dead or missing deployment is down now; a slow one is left to the probe."""
@@ -558,7 +598,8 @@ class Gate:
     # -- scoring ----------------------------------------------------------------------------
 
     async def _judge(self, job: Job, result: GenerationResult, qcfg: QualityConfig, tier: int,
-                     consensus: bool) -> tuple[GenerationResult, quality.QualityReport]:
+                     consensus: bool, served: bool = True
+                     ) -> tuple[GenerationResult, quality.QualityReport]:
         """Signals and calibrated score of the answer (after a consensus pick among the answer
         and its samples when the tier asks for one): one embedder call for the prompt, the answer
         and the samples, then with `cross_tier` the next tier's likelihood of the chosen answer."""
@@ -581,7 +622,7 @@ class Gate:
                      cross),
             self.calibration, qcfg.threshold, qcfg.repetition_ngram, qcfg.repetition_floor)
         return result, self._finish_report(report, result.tier, result.model_id,
-                                           time.monotonic() - started)
+                                           time.monotonic() - started, served)
 
     def _finish_report(self, report: quality.QualityReport, tier: str | None, model: str | None,
                        elapsed: float, served: bool = True) -> quality.QualityReport:

@@ -64,6 +64,10 @@ SPECS = {s.name: s for s in [
     Spec("graphserve_model_load_seconds", "histogram",
          "seconds each replica took to load its model (warm-up included)", ("model",),
          tuple(LOAD_BUCKETS)),
+    Spec("graphserve_canary_checks", "counter",
+         "canary questions answered, by tier and whether the answer was right", ("tier", "correct")),
+    Spec("graphserve_canary_score", "histogram", "quality score of each canary answer, by tier",
+         ("tier",), tuple(SCORE_BUCKETS)),
     Spec("graphserve_health_check_failures", "counter",
          "failed replica health checks (dead or stalled engine)", ("reason",)),
 ]}

@@ -439,8 +439,20 @@ class CompletionLogprobs(BaseModel):
     text_offset: list[int] = Field(default_factory=list)
 
 
-# The quality report rides on a response as an extra field, present only when the gate scored.
-QualityField = Field(None, exclude_if=lambda v: v is None)
+def omitted_if_none():
+    """A field left out of the JSON when None, as OpenAI leaves out what does not apply."""
+    return Field(None, exclude_if=lambda v: v is None)
+
+
+class AnswerBody(BaseModel):
+    """What every completion response and streamed chunk carries. `usage` is left out of the
+    chunks before the last, `quality` (the gate's report) of answers the gate did not score."""
+
+    id: str
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    usage: Usage | None = omitted_if_none()
+    quality: dict | None = omitted_if_none()
 
 
 class AssistantMessage(BaseModel):
@@ -455,19 +467,15 @@ class ChatChoice(BaseModel):
     finish_reason: str | None
 
 
-class ChatCompletion(BaseModel):
-    id: str
+class ChatCompletion(AnswerBody):
     object: Literal["chat.completion"] = "chat.completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
     choices: list[ChatChoice]
     usage: Usage
-    quality: dict | None = QualityField
 
 
 class ChatDelta(BaseModel):
-    role: Literal["assistant"] | None = Field(None, exclude_if=lambda v: v is None)
-    content: str | None = Field(None, exclude_if=lambda v: v is None)
+    role: Literal["assistant"] | None = omitted_if_none()
+    content: str | None = omitted_if_none()
 
 
 class ChatChunkChoice(BaseModel):
@@ -477,14 +485,9 @@ class ChatChunkChoice(BaseModel):
     finish_reason: str | None = None
 
 
-class ChatCompletionChunk(BaseModel):
-    id: str
+class ChatCompletionChunk(AnswerBody):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
     choices: list[ChatChunkChoice]
-    usage: Usage | None = Field(None, exclude_if=lambda v: v is None)
-    quality: dict | None = QualityField
 
 
 class CompletionChoice(BaseModel):
@@ -494,16 +497,11 @@ class CompletionChoice(BaseModel):
     finish_reason: str | None = None
 
 
-class Completion(BaseModel):
+class Completion(AnswerBody):
     """A whole text completion, and (as OpenAI streams them) each of its chunks."""
 
-    id: str
     object: Literal["text_completion"] = "text_completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
     choices: list[CompletionChoice]
-    usage: Usage | None = Field(None, exclude_if=lambda v: v is None)
-    quality: dict | None = QualityField
 
 
 class Embedding(BaseModel):

@@ -179,8 +179,9 @@ class Router:
     async def health(self) -> JSONResponse:
         """Per deployment: the gate's last probe (model, load time, uptime) and Serve's replicas.
 
-        200 while at least one LLM tier can answer ("ok", or "degraded" when something is down or
-        slow to answer its probe), 503 when none can.
+        200 while at least one LLM tier can answer ("ok", or "degraded" when something is down,
+        slow to answer its probe, or failing its canary), 503 when none can. Each tier shows its
+        last canary round.
         """
         probes = self.gate.status()
         try:
@@ -201,10 +202,14 @@ class Router:
                     deployments[name]["replicas"] = {
                         state.value if hasattr(state, "value") else str(state): count
                         for state, count in overview.replica_states.items()}
+        for tier, round_ in self.gate.canary.items():  # the tier's last canary round
+            deployments[tier]["canary"] = round_
         # A tier answers when up, even slow, or stalled while no other tier can answer sooner.
         llm_ok = any(deployments[t]["status"] in ("ok", "slow", "stalled")
                      and not self.gate.availability.is_down(t) for t in self.tier_names)
-        all_ok = all(d["status"] == "ok" for d in deployments.values())
+        # A tier failing its canary answers, but wrongly: degraded, not down.
+        all_ok = all(d["status"] == "ok" and not d.get("canary", {}).get("failing")
+                     for d in deployments.values())
         status = "ok" if all_ok else "degraded" if llm_ok else "unavailable"
         return JSONResponse({"status": status, "deployments": deployments},
                             status_code=200 if llm_ok else 503)

@@ -3,6 +3,8 @@
 import json
 import re
 
+import yaml
+
 from deployments.metrics import SPECS
 
 # vLLM's metric names the dashboard may use; tests/e2e/test_observability.py checks them against a
@@ -25,6 +27,11 @@ def test_dashboard_and_readme_name_only_metrics_that_exist():
     assert ours and ours <= exported, ours - exported
     vllm = {m for m in used if m.startswith("ray_vllm")}
     assert vllm and vllm <= VLLM_SCRAPED, vllm - VLLM_SCRAPED
+    # Recording rules' series must be recorded by cluster/prometheus-rules.yml.
+    with open("cluster/prometheus-rules.yml") as f:
+        records = {r["record"] for g in yaml.safe_load(f)["groups"] for r in g["rules"] if "record" in r}
+    rules = {m for e in exprs for m in re.findall(r"\bgraphserve:[a-z0-9_:]+", e)}
+    assert rules and rules <= records, rules - records
     with open("README.md") as f:
         readme = f.read()
     assert all(s.name in readme for s in SPECS.values())

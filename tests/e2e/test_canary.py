@@ -1,0 +1,86 @@
+"""The quality canary on a real tier, in an app of its own next to the main graph: healthy, the
+tier answers its checks right; redeployed with a config that ruins its answers (a default
+`max_tokens` of 2: every answer is cut before it names a city), /health reports the tier failing
+its canary within two rounds while the tier stays up and serving, and the metrics count the
+wrong answers."""
+
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.conftest import BASE, METRICS_PORT, config_args, deploy, variant, wait_until
+
+APP = "canary"
+INTERVAL_S = 5.0
+
+
+def canary_args(**sampling) -> dict:
+    fast = config_args()["tiers"][0]
+    args = variant([{"name": "solo", "sampling": {**fast["sampling"], **sampling},
+                     "deployment": {**fast["deployment"], "num_cpus": 0.2}}],
+                   config_args()["embedder"]["model_source"])
+    args["router"]["canary"] = {"interval_s": INTERVAL_S, "min_correct_share": 0.75}
+    return args
+
+
+@pytest.fixture(scope="module")
+def canary_app(base_url):
+    from ray import serve
+
+    yield
+    serve.delete(APP)
+
+
+def health() -> httpx.Response:
+    return httpx.get(f"{BASE}/{APP}/health", timeout=30)
+
+
+def round_after(moment: float) -> dict | None:
+    """The solo tier's last canary round, if it ended after `moment` (wall clock)."""
+    body = health().json()
+    last = body["deployments"]["solo"].get("canary")
+    return last if last and last["at"] > moment else None
+
+
+def wrong_answers_counted() -> float:
+    text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "ray_graphserve_canary_checks_total"
+               and s.labels.get("application") == APP and s.labels.get("correct") == "false")
+
+
+def test_a_healthy_tier_passes_its_canary(canary_app):
+    deploy(APP, canary_args())
+    ready = time.time()
+    last = wait_until(lambda: round_after(ready), 2 * INTERVAL_S + 60, "a canary round", 0.5)
+    print(f"\nhealthy round: {last['correct']}/{last['checks']} right, mean score "
+          f"{last['mean_score']}, {last['duration_s']} s; answers: "
+          f"{[a['answer'] for a in last['answers']]}")
+    assert not last["failing"] and last["correct"] >= 3 and last["mean_score"] is not None
+    assert health().json()["status"] == "ok"
+
+
+def test_a_tier_with_ruined_answers_fails_its_canary_within_two_rounds(canary_app):
+    wrong_before = wrong_answers_counted()
+    deploy(APP, canary_args(max_tokens=2))
+    ready = time.time()
+    last = wait_until(lambda: (r := round_after(ready)) and r["failing"] and r, 4 * INTERVAL_S + 60,
+                      "the canary to fail", 0.25)
+    seen_after = time.time() - ready
+    print(f"\nbroken round seen {seen_after:.1f} s after the app was ready "
+          f"(round took {last['duration_s']} s); answers: {[a['answer'] for a in last['answers']]}")
+    assert last["correct"] == 0 and all(len(a["answer"].split()) <= 3 for a in last["answers"])
+    # Within two rounds: at most one interval to the next round, one more for a round that
+    # started while the tier was still loading, plus this round's own time.
+    assert seen_after <= 2 * INTERVAL_S + last["duration_s"] + 1, seen_after
+    r = health()
+    solo = r.json()["deployments"]["solo"]
+    # Up and answering, but wrongly: degraded, not unavailable.
+    assert r.status_code == 200 and r.json()["status"] == "degraded" and solo["status"] == "ok"
+    chat = httpx.post(f"{BASE}/{APP}/v1/chat/completions", timeout=60, json={
+        "model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}]})
+    assert chat.status_code == 200 and chat.json()["usage"]["completion_tokens"] == 2
+    wait_until(lambda: wrong_answers_counted() >= wrong_before + last["checks"], 30,
+               "the wrong answers to reach the metrics", 1)
