@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import threading
 import time
 from pathlib import Path
 
@@ -88,3 +90,23 @@ def replica_actors(app: str, deployment: str = "") -> list[dict]:
     prefix = f"SERVE_REPLICA::{app}#" + (f"{deployment}#" if deployment else "")
     return [a for a in ray.util.list_named_actors(all_namespaces=True)
             if a["name"].startswith(prefix)]
+
+
+_handle_loop: asyncio.AbstractEventLoop | None = None
+
+
+def call_deployment(deployment: str, app: str, method: str, *args):
+    """A Serve handle call from synchronous test code, on one event loop kept in a thread for the
+    session: under Ray's throughput-optimized mode a handle runs in the caller's loop, so a
+    blocking `.result()` outside one fails, and a handle stays bound to the loop it first ran in."""
+    global _handle_loop
+    if _handle_loop is None:
+        _handle_loop = asyncio.new_event_loop()
+        threading.Thread(target=_handle_loop.run_forever, daemon=True).start()
+    from ray import serve
+
+    async def call():
+        return await getattr(serve.get_deployment_handle(deployment, app), method).remote(*args)
+
+    return asyncio.run_coroutine_threadsafe(call(), _handle_loop).result(timeout=60)
+

@@ -9,7 +9,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.helpers import wait_until
+from tests.helpers import call_deployment, wait_until
 
 CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
@@ -228,9 +228,7 @@ def test_health_reports_each_deployment(http):
 def engine_running() -> int:
     """Requests in the fast tier's engine now, asked of its replica (not /health's last probe,
     which can be 2 s old)."""
-    from ray import serve
-
-    return serve.get_deployment_handle("fast", "graphserve").running_requests.remote().result()
+    return call_deployment("fast", "graphserve", "running_requests")
 
 
 def aborted_within(seconds: float) -> float:
