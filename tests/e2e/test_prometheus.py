@@ -45,6 +45,8 @@ def prometheus(base_url, tmp_path_factory):
     try:
         wait_until(lambda: httpx.get(f"{url}/-/ready", timeout=2).status_code == 200, 30,
                    "Prometheus to start", 0.5, retry_on=(httpx.HTTPError,))
+        # A first scrape before any test sends traffic: a rate needs a sample from before it.
+        wait_until(lambda: query(url, 'up{job="ray"}') == 1, 30, "the first scrape", 0.5)
         yield url
     finally:
         proc.terminate()
@@ -84,16 +86,25 @@ def test_prometheus_finds_the_graph_series_soon_after_the_traffic(http, promethe
     assert max(seen.values()) <= EXPORT_S + SCRAPE_S + 1, seen
 
 
+def number(value: float | None) -> float | None:
+    return value if value is not None and value == value else None  # not absent, not NaN
+
+
 def test_the_rules_evaluate_on_the_real_series(http, prometheus):
-    # A rate needs a counter seen rising between two scrapes: keep a little traffic going until
-    # the 5-minute availability ratio is a number (no 5xx so far: 0).
+    # A rate needs a counter seen rising between two scrapes (the fixture waited for one): one
+    # chat for the TTFT histogram, then a little traffic until both rules have a number.
+    assert http.post("/v1/chat/completions", json={
+        "model": CHAT, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}
+    ).status_code == 200
+
     def ratio() -> float | None:
         assert http.get("/v1/models").status_code == 200
-        value = query(prometheus, "graphserve:request_errors:ratio_rate5m")
-        return value if value is not None and value == value else None  # not absent, not NaN
+        return number(query(prometheus, "graphserve:request_errors:ratio_rate5m"))
 
-    wait_until(lambda: ratio() is not None, 60, "the availability recording rule", 0.5)
-    assert ratio() == 0.0
+    wait_until(lambda: ratio() is not None and number(query(
+        prometheus, "graphserve:time_to_first_token_seconds:p95_5m")) is not None, 60,
+        "the availability and TTFT recording rules", 0.5)
+    assert ratio() == 0.0  # no 5xx
     assert query(prometheus, "graphserve:time_to_first_token_seconds:p95_5m") > 0
     groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
     loaded = {r["name"]: r for g in groups for r in g["rules"]}
