@@ -445,14 +445,13 @@ def omitted_if_none():
 
 
 class AnswerBody(BaseModel):
-    """What every completion response and streamed chunk carries. `usage` is left out of the
-    chunks before the last, `quality` (the gate's report) of answers the gate did not score."""
+    """What every completion response and streamed chunk starts with. After its `object` and
+    `choices`, each has `usage` (left out of the chunks before the last) and `quality` (the
+    gate's report, left out of answers the gate did not score), in OpenAI's order."""
 
     id: str
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
-    usage: Usage | None = omitted_if_none()
-    quality: dict | None = omitted_if_none()
 
 
 class AssistantMessage(BaseModel):
@@ -471,6 +470,7 @@ class ChatCompletion(AnswerBody):
     object: Literal["chat.completion"] = "chat.completion"
     choices: list[ChatChoice]
     usage: Usage
+    quality: dict | None = omitted_if_none()
 
 
 class ChatDelta(BaseModel):
@@ -488,6 +488,8 @@ class ChatChunkChoice(BaseModel):
 class ChatCompletionChunk(AnswerBody):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     choices: list[ChatChunkChoice]
+    usage: Usage | None = omitted_if_none()
+    quality: dict | None = omitted_if_none()
 
 
 class CompletionChoice(BaseModel):
@@ -502,6 +504,8 @@ class Completion(AnswerBody):
 
     object: Literal["text_completion"] = "text_completion"
     choices: list[CompletionChoice]
+    usage: Usage | None = omitted_if_none()
+    quality: dict | None = omitted_if_none()
 
 
 class Embedding(BaseModel):
