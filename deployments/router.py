@@ -215,7 +215,7 @@ class Router:
                             status_code=200 if llm_ok else 503)
 
     @app.get("/v1/models")
-    async def models(self, request: Request) -> JSONResponse:
+    async def models(self, request: Request) -> Response:
         self._authorize(request)
         return as_json(api.model_list([*self.model_ids, self.embedder_config.model_id]))
 
@@ -263,7 +263,7 @@ class Router:
             media_type="text/event-stream", headers=headers)
 
     @app.post("/v1/embeddings")
-    async def embeddings(self, request: Request) -> JSONResponse:
+    async def embeddings(self, request: Request) -> Response:
         self._authorize(request)
         body = await read_json(request, EmbeddingRequest, self.config.max_body_bytes)
         if body.model != self.embedder_config.model_id:
@@ -281,7 +281,7 @@ class Router:
         return await self.embedder.embed.remote(texts)
 
     @app.post("/v1/quality/score")
-    async def quality_score(self, request: Request) -> JSONResponse:
+    async def quality_score(self, request: Request) -> Response:
         self._authorize(request)
         body = await read_json(request, QualityScoreRequest, self.config.max_body_bytes)
         if body.model is not None and body.model not in self.model_ids:
