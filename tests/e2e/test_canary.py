@@ -8,9 +8,9 @@ import time
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import BASE, METRICS_PORT, config_args, deploy, variant, wait_until
+from tests.e2e.conftest import BASE, config_args, deploy, variant, wait_until
+from tests.e2e.test_observability import scrape, value
 
 APP = "canary"
 INTERVAL_S = 5.0
@@ -45,10 +45,7 @@ def round_after(moment: float) -> dict | None:
 
 
 def wrong_answers_counted() -> float:
-    text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == "ray_graphserve_canary_checks_total"
-               and s.labels.get("application") == APP and s.labels.get("correct") == "false")
+    return value(scrape(APP), "ray_graphserve_canary_checks_total", correct="false")
 
 
 def test_a_healthy_tier_passes_its_canary(canary_app):

@@ -15,8 +15,8 @@ CHAT = "smollm2-135m-instruct"
 APP = "graphserve"
 
 
-def scrape() -> dict[tuple[str, frozenset], float]:
-    """Every sample of the main app (and vLLM's), summed over replicas: (name, labels) -> value."""
+def scrape(app: str = APP) -> dict[tuple[str, frozenset], float]:
+    """Every sample of one app (and vLLM's), summed over replicas: (name, labels) -> value."""
     text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text
     out: dict[tuple[str, frozenset], float] = {}
     for family in text_string_to_metric_families(text):
@@ -24,7 +24,7 @@ def scrape() -> dict[tuple[str, frozenset], float]:
             labels = {k: v for k, v in s.labels.items()
                       if k not in ("replica", "ReplicaId", "SessionName", "NodeAddress",
                                    "Version", "Component", "WorkerId", "JobId", "engine")}
-            if labels.get("application", APP) != APP:
+            if labels.get("application", app) != app:
                 continue
             key = (s.name, frozenset(labels.items()))
             out[key] = out.get(key, 0.0) + s.value
