@@ -10,6 +10,7 @@ Engine settings for all LLM peers come from the graph's own `fast` tier config, 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -99,9 +100,14 @@ class Server:
 class VLLMServer(Server):
     name = "vllm-serve"
 
-    def __init__(self, port: int, log_dir: Path, stream_interval: int | None = None):
-        """`stream_interval`: tokens per streamed chunk; None: the graph's fast tier's value."""
+    def __init__(self, port: int, log_dir: Path, stream_interval: int | None = None,
+                 tier_defaults: bool = False):
+        """`stream_interval`: tokens per streamed chunk; None: the graph's fast tier's value.
+        `tier_defaults`: what a request leaves unset (temperature, top_p, repetition penalty,
+        max_tokens) takes the fast tier's `sampling` defaults, as in the graph, instead of
+        vLLM's (the model's generation_config.json, else temperature 1, top_p 1, the context)."""
         self.stream_interval = stream_interval or fast_tier().stream_interval
+        self.tier_defaults = tier_defaults
         if stream_interval is not None:
             self.name = f"vllm-serve-interval-{stream_interval}"
         super().__init__(port, log_dir)
@@ -119,6 +125,12 @@ class VLLMServer(Server):
                "--stream-interval", str(self.stream_interval), "--disable-uvicorn-access-log"]
         if not tier.compile:
             cmd.append("--enforce-eager")
+        if self.tier_defaults:
+            defaults = tier.sampling
+            cmd += ["--override-generation-config", json.dumps({
+                "temperature": defaults.temperature, "top_p": defaults.top_p,
+                "repetition_penalty": defaults.repetition_penalty,
+                "max_new_tokens": min(defaults.max_tokens, tier.max_tokens_cap)})]
         env = {"OMP_NUM_THREADS": str(tier.engine_threads or 2), "VLLM_CPU_OMP_THREADS_BIND": "nobind",
                "HF_HUB_OFFLINE": "1"}
         return cmd, env

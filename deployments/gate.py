@@ -442,9 +442,11 @@ class Gate:
             outcome = await self._gated(job)
             result = outcome.result
             yield {"start": {"tier": result.tier, "model": result.model_id}}
-            yield {"delta": GenerationDelta(
-                text=result.text, logprobs=result.logprobs, finish_reason=result.finish_reason,
-                prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)}
+            for i, choice in enumerate(result.choices):
+                yield {"delta": GenerationDelta(
+                    index=i, text=choice.text, logprobs=choice.logprobs,
+                    finish_reason=choice.finish_reason, prompt_tokens=result.prompt_tokens,
+                    completion_tokens=choice.completion_tokens)}
             yield {"quality": self._report(outcome)}
             return
         entry = self._entry_tier(job.model, job.quality)
@@ -486,14 +488,14 @@ class Gate:
             raise
         if not qcfg.enabled:
             return
-        last = deltas[-1]
+        first_choice = [d for d in deltas if d.index == 0]  # the one scored, as when whole
         result = GenerationResult(
-            choices=[Candidate(text="".join(d.text for d in deltas),
-                               logprobs=[lp for d in deltas for lp in d.logprobs],
-                               finish_reason=last.finish_reason,
-                               completion_tokens=last.completion_tokens)],
-            samples=last.samples, prompt_tokens=last.prompt_tokens, model_id=cfg.model_id,
-            tier=cfg.name,
+            choices=[Candidate(text="".join(d.text for d in first_choice),
+                               logprobs=[lp for d in first_choice for lp in d.logprobs],
+                               finish_reason=first_choice[-1].finish_reason,
+                               completion_tokens=first_choice[-1].completion_tokens)],
+            samples=deltas[-1].samples, prompt_tokens=deltas[-1].prompt_tokens,
+            model_id=cfg.model_id, tier=cfg.name,
         )
         generation_ms = (time.monotonic() - started) * 1000
         _, report = await self._judge(job, result, qcfg, tier, consensus=False)
@@ -621,6 +623,10 @@ class Gate:
             evidence(prompt, result.text, result.finish_reason, result.logprobs, samples, vectors,
                      cross),
             self.calibration, qcfg.threshold, qcfg.repetition_ngram, qcfg.repetition_floor)
+        # JSON that does not parse or match its schema is wrong, whatever else the score says.
+        report.structure = quality.structure_check(result.text, job.sampling.structured)
+        if report.structure is not None and not report.structure["valid"]:
+            report.passed = False
         return result, self._finish_report(report, result.tier, result.model_id,
                                            time.monotonic() - started, served)
 

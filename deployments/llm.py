@@ -239,28 +239,30 @@ class LLMDeployment:
     # -- requests ---------------------------------------------------------------------------
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
-        """Token deltas of one choice; the last one carries the consistency samples, drawn in the
-        same engine meanwhile (cancelling the stream aborts both)."""
+        """Token deltas of each of the `n` choices as the engine makes them; the last one carries
+        the consistency samples, drawn in the same engine meanwhile (cancelling the stream
+        aborts both)."""
         prompt_ids = self._prompt_ids(request)
         params = self._sampling_params(request.sampling, len(prompt_ids), request.signal_top_k)
         samples = self._start_samples(request, prompt_ids)
-        produced = 0
+        produced = [0] * params.n
         try:
             # Each delta goes out as the engine makes it (holding one back for the samples cost
             # a whole stream interval of TTFT); the engine flags the last one.
             async for out in self._engine_outputs(prompt_ids, params, request.request_id):
-                choice = out.outputs[0]
-                produced += len(choice.token_ids)
-                delta = GenerationDelta(
-                    text=choice.text,
-                    logprobs=self._logprobs(choice, params.logprobs),
-                    finish_reason=choice.finish_reason if out.finished else None,
-                    prompt_tokens=len(prompt_ids),
-                    completion_tokens=produced,
-                )
-                if out.finished and samples is not None:
-                    delta.samples = await samples
-                yield delta
+                for choice in out.outputs:
+                    produced[choice.index] += len(choice.token_ids)
+                    delta = GenerationDelta(
+                        index=choice.index,
+                        text=choice.text,
+                        logprobs=self._logprobs(choice, params.logprobs),
+                        finish_reason=choice.finish_reason,
+                        prompt_tokens=len(prompt_ids),
+                        completion_tokens=produced[choice.index],
+                    )
+                    if out.finished and samples is not None and choice is out.outputs[-1]:
+                        delta.samples = await samples
+                    yield delta
         finally:
             if samples is not None and not samples.done():
                 samples.cancel()
@@ -335,41 +337,63 @@ class LLMDeployment:
                 yield out
         except EngineDeadError as e:
             raise ServiceUnavailable(f"LLM tier {self.config.name!r}: engine is dead") from e
-        except VLLMClientError as e:
+        except (VLLMClientError, ValueError) as e:  # the request's fault, as `vllm serve` says
             raise BadRequest(str(e)) from e
 
     def _prompt_ids(self, request: GenerationRequest | LikelihoodRequest) -> list[int]:
         if request.messages is not None:
             try:
                 encoded = self.tokenizer.apply_chat_template(
-                    request.messages, add_generation_prompt=True, tokenize=True
-                )
+                    self._template_roles(request.messages), add_generation_prompt=True,
+                    tokenize=True)
             except Exception as e:  # the model's own template refused these messages
                 raise BadRequest(f"messages do not fit the model's chat template: {e}",
                                  param="messages") from e
             return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
         return self.tokenizer.encode(request.prompt or "")
 
+    def _template_roles(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        """OpenAI's `developer` role is its new name for `system`: a template that does not know
+        it gets it as one system message first (as `vllm serve` does)."""
+        template = self.tokenizer.get_chat_template() or ""
+        if not any(m["role"] == "developer" for m in messages) or "developer" in template:
+            return messages
+        system = [m["content"] for m in messages if m["role"] in ("system", "developer")]
+        rest = [m for m in messages if m["role"] not in ("system", "developer")]
+        return [{"role": "system", "content": "\n".join(c for c in system if c)}, *rest]
+
     def _sampling_params(self, sampling: Sampling, prompt_tokens: int, signal_top_k: int = 0):
         from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.exceptions import VLLMClientError
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         defaults = self.config.sampling
-        return SamplingParams(
-            n=sampling.n,
-            max_tokens=resolve_max_tokens(sampling, self.config, prompt_tokens),
-            temperature=defaults.temperature if sampling.temperature is None else sampling.temperature,
-            top_p=defaults.top_p if sampling.top_p is None else sampling.top_p,
-            stop=sampling.stop or None,
-            seed=sampling.seed,
-            presence_penalty=sampling.presence_penalty,
-            frequency_penalty=sampling.frequency_penalty,
-            repetition_penalty=(defaults.repetition_penalty if sampling.repetition_penalty is None
-                                else sampling.repetition_penalty),
-            # 0: the sampled token's logprob only; the gate may want more candidates than the client
-            logprobs=max(sampling.top_logprobs or 0, signal_top_k),
-            output_kind=RequestOutputKind.DELTA,
-        )
+        try:
+            return SamplingParams(
+                n=sampling.n,
+                max_tokens=resolve_max_tokens(sampling, self.config, prompt_tokens),
+                temperature=(defaults.temperature if sampling.temperature is None
+                             else sampling.temperature),
+                top_p=defaults.top_p if sampling.top_p is None else sampling.top_p,
+                top_k=0 if sampling.top_k is None else sampling.top_k,
+                min_p=sampling.min_p or 0.0,
+                min_tokens=sampling.min_tokens,
+                stop=sampling.stop or None,
+                seed=sampling.seed,
+                presence_penalty=sampling.presence_penalty,
+                frequency_penalty=sampling.frequency_penalty,
+                repetition_penalty=(defaults.repetition_penalty if sampling.repetition_penalty is None
+                                    else sampling.repetition_penalty),
+                logit_bias=sampling.logit_bias,
+                structured_outputs=(StructuredOutputsParams(**sampling.structured)
+                                    if sampling.structured else None),
+                # 0: the sampled token's logprob only; the gate may want more candidates than
+                # the client
+                logprobs=max(sampling.top_logprobs or 0, signal_top_k),
+                output_kind=RequestOutputKind.DELTA,
+            )
+        except (ValueError, VLLMClientError) as e:  # vLLM's checks (n > 1 with greedy sampling)
+            raise BadRequest(str(e)) from None
 
     def _logprobs(self, choice, top: int) -> list[TokenLogprob]:
         if not choice.logprobs:

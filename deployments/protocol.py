@@ -122,26 +122,63 @@ class StreamOptions(Lenient):
     include_usage: bool = False
 
 
-class SamplingFields(Lenient):
-    """Fields shared by chat and text completions; None means "the tier's default"."""
+class JsonSchemaFormat(Lenient):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
 
-    model: str = Field(min_length=1)
+
+class ResponseFormat(Lenient):
+    """`response_format`: free text, any JSON object, or JSON matching a schema (vLLM's
+    structured outputs constrain the decoding; the quality report checks the answer)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self):
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs a json_schema object")
+        return self
+
+    def structured(self) -> dict | None:
+        """vLLM's StructuredOutputsParams fields for this format; None for free text."""
+        if self.type == "json_object":
+            return {"json_object": True}
+        if self.type == "json_schema":
+            return {"json": self.json_schema.json_schema or {}}
+        return None
+
+
+class SamplingFields(Lenient):
+    """Fields shared by chat and text completions; None means "the tier's default". Besides
+    OpenAI's, vLLM's own sampling extras that clients of `vllm serve` send (top_k, min_p,
+    min_tokens, repetition_penalty)."""
+
+    model: str | None = Field(None, min_length=1, description="None: the first tier's model")
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    n: int = Field(1, ge=1, le=16, description="choices per request (not streamed when > 1)")
+    n: int = Field(1, ge=1, le=16, description="choices per request")
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    response_format: ResponseFormat | None = None
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    min_tokens: int = Field(0, ge=0)
+    repetition_penalty: float | None = Field(None, gt=0, le=2)
     quality: QualityOverride | None = None
 
     @model_validator(mode="after")
-    def _n_not_streamed(self):
-        if self.n > 1 and self.stream:
-            raise ValueError("n > 1 is served without streaming; set stream to false")
+    def _stream_options_need_stream(self):
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options can only be set when stream is true")
         return self
 
     @field_validator("stop")
@@ -150,6 +187,16 @@ class SamplingFields(Lenient):
         if isinstance(v, list) and len(v) > 4:
             raise ValueError("at most 4 stop sequences")
         return v
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, v):
+        if v is not None and not all(key.lstrip("-").isdigit() for key in v):
+            raise ValueError("logit_bias keys must be token ids (integers as strings)")
+        return v
+
+    def logit_bias_ids(self) -> dict[int, float] | None:
+        return {int(k): b for k, b in self.logit_bias.items()} if self.logit_bias else None
 
 
 class ChatMessage(Lenient):
@@ -189,8 +236,10 @@ class ChatCompletionRequest(SamplingFields):
                 m.text()
             except ValueError as e:
                 raise ValueError(f"messages[{i}].content: {e}") from None
-        if self.max_completion_tokens is not None and self.max_tokens is None:
+        if self.max_completion_tokens is not None:  # the newer field wins, as in vLLM
             self.max_tokens = self.max_completion_tokens
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs set to true")
         return self
 
     def chat(self) -> list[dict[str, str]]:
@@ -203,29 +252,34 @@ class ChatCompletionRequest(SamplingFields):
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str]
-    logprobs: int | None = Field(None, ge=0, le=5)
-    echo: bool = Field(False)
+    max_tokens: int | None = Field(16, ge=1, description="OpenAI's default for completions")
+    logprobs: int | None = Field(None, ge=0, le=20)
+    echo: bool = False
+    suffix: str | None = None
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, v):
-        if isinstance(v, list):
-            if len(v) != 1:
-                raise ValueError("exactly one prompt per request")
-            v = v[0]
-        if not v:
+    def _prompts(cls, v):
+        prompts = [v] if isinstance(v, str) else v
+        if not prompts:
+            raise ValueError("prompt must not be an empty list")
+        if any(not p for p in prompts):
             raise ValueError("prompt must not be empty")
         return v
 
+    @model_validator(mode="after")
+    def _unsupported(self):
+        if self.echo:
+            raise ValueError("echo is not supported")
+        if self.suffix is not None:
+            raise ValueError("suffix is not supported")
+        return self
+
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
     def top_logprobs_asked(self) -> int | None:
         return self.logprobs
-
-    @field_validator("echo")
-    @classmethod
-    def _no_echo(cls, v):
-        if v:
-            raise ValueError("echo is not supported")
-        return v
 
 
 class EmbeddingRequest(Lenient):
@@ -292,6 +346,11 @@ class Sampling(BaseModel):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    min_tokens: int = 0
+    logit_bias: dict[int, float] | None = None
+    structured: dict | None = None  # vLLM StructuredOutputsParams fields (response_format)
     top_logprobs: int | None = None  # top candidates per token the client asked for
 
 
@@ -355,14 +414,16 @@ class Candidate(BaseModel):
 
 
 class GenerationDelta(BaseModel):
-    """One streamed step of a generation: new text and the logprobs of its tokens. The last
-    delta carries the consistency samples, if any were asked for."""
+    """One streamed step of one choice (`index`, of the request's `n`): new text and the
+    logprobs of its tokens. The last delta carries the consistency samples, if any were asked
+    for."""
 
+    index: int = 0
     text: str = ""
     logprobs: list[TokenLogprob] = Field(default_factory=list)
     finish_reason: str | None = None
     prompt_tokens: int = 0
-    completion_tokens: int = 0
+    completion_tokens: int = 0  # this choice's so far
     samples: list[Candidate] = Field(default_factory=list)
 
 
@@ -470,7 +531,7 @@ class ChatCompletion(AnswerBody):
     object: Literal["chat.completion"] = "chat.completion"
     choices: list[ChatChoice]
     usage: Usage
-    quality: dict | None = omitted_if_none()
+    quality: dict | list[dict | None] | None = omitted_if_none()
 
 
 class ChatDelta(BaseModel):
@@ -489,7 +550,7 @@ class ChatCompletionChunk(AnswerBody):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     choices: list[ChatChunkChoice]
     usage: Usage | None = omitted_if_none()
-    quality: dict | None = omitted_if_none()
+    quality: dict | list[dict | None] | None = omitted_if_none()
 
 
 class CompletionChoice(BaseModel):
@@ -505,7 +566,7 @@ class Completion(AnswerBody):
     object: Literal["text_completion"] = "text_completion"
     choices: list[CompletionChoice]
     usage: Usage | None = omitted_if_none()
-    quality: dict | None = omitted_if_none()
+    quality: dict | list[dict | None] | None = omitted_if_none()
 
 
 class Embedding(BaseModel):

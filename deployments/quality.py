@@ -51,11 +51,13 @@ class QualityReport:
     tier: str | None = None
     model: str | None = None
     timing: dict[str, float] | None = None  # generation_ms / scoring_ms / tokens, set by the router
+    structure: dict | None = None  # a JSON answer's check (response_format): `structure_check`
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if self.timing is None:
-            del d["timing"]
+        for key in ("timing", "structure"):
+            if d[key] is None:
+                del d[key]
         d["score"] = round(self.score, 4)
         d["components"] = {k: round(v, 4) for k, v in self.components.items()}
         return d
@@ -270,6 +272,31 @@ def score_signals(values: dict[str, float], calibration: Calibration,
     limit = calibration.threshold if threshold is None else threshold
     return QualityReport(score=score, passed=score >= limit, threshold=limit,
                          components=dict(values), degraded=missing)
+
+
+def structure_check(answer: str, structured: dict | None) -> dict | None:
+    """Whether an answer asked for as JSON (`response_format`: vLLM's `StructuredOutputsParams`
+    fields, {"json_object": True} or {"json": schema}) parses, and matches its schema. Constrained
+    decoding makes it valid unless cut short (finish_reason "length"); None: no JSON was asked."""
+    if not structured or not ("json" in structured or structured.get("json_object")):
+        return None
+    import jsonschema
+
+    try:
+        value = json.loads(answer)
+    except json.JSONDecodeError as e:
+        return {"valid": False, "error": f"not JSON: {e}"}
+    schema = structured.get("json")
+    if schema is None:
+        ok = isinstance(value, dict)
+        return {"valid": ok, "error": None if ok else "not a JSON object"}
+    try:
+        jsonschema.validate(value, schema)
+    except jsonschema.ValidationError as e:
+        return {"valid": False, "error": f"does not match the schema: {e.message}"}
+    except jsonschema.SchemaError as e:
+        return {"valid": False, "error": f"the schema is invalid: {e.message}"}
+    return {"valid": True, "error": None}
 
 
 def best(reports: list[QualityReport]) -> int:

@@ -117,6 +117,17 @@ async def client_gone(request: Request) -> None:
         message = await request.receive()
 
 
+async def all_of(awaitables) -> list:
+    """Every result, in order; the first failure cancels the rest (a text completion's prompts:
+    one failing ends the others' engine work too)."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
 def as_json(body: BaseModel, headers: dict[str, str] | None = None) -> Response:
     return Response(body.model_dump_json(), media_type="application/json", headers=headers)
 
@@ -233,33 +244,40 @@ class Router:
 
     async def _generate(self, request: Request, body: ChatCompletionRequest | CompletionRequest,
                         chat: bool):
-        if body.model not in self.model_ids:  # a 404 here spares the router a traceback
-            raise ModelNotFound.named(body.model, self.model_ids)
+        model = body.model or self.model_ids[0]  # as `vllm serve`: no model, the first one
+        if model not in self.model_ids:  # a 404 here spares the router a traceback
+            raise ModelNotFound.named(model, self.model_ids)
         # Serve's proxy sets x-request-id (the client's, or a new one) and tags its logs with it.
-        job = api.job_of(body, request.headers.get("x-request-id")
-                         or new_id("chatcmpl" if chat else "cmpl"))
+        request_id = request.headers.get("x-request-id") or new_id("chatcmpl" if chat else "cmpl")
+        jobs = api.jobs_of(body, request_id, model)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return await self._stream(job, include_usage)
-        result, report = await self._bounded(self.gate.complete(job), request)
+            return await self._stream(request_id, jobs, include_usage)
+        answers = await self._bounded(all_of(self.gate.complete(j) for j in jobs), request)
+        (result, report), *_ = answers
         # Serve's proxy puts x-request-id on every response; adding it here would duplicate it.
         headers = {"x-served-by": f"{result.tier}/{result.model_id}"}
-        if report is not None:
+        if report is not None and len(answers) == 1:
             headers["x-quality-score"] = f"{report['score']:.4f}"
-        return as_json(api.completion_of(job, result, report), headers)
+        return as_json(api.completion_of(request_id, jobs, answers), headers)
 
-    async def _stream(self, job: Job, include_usage: bool) -> StreamingResponse:
-        events = self.gate.stream(job)
-        # Wait for the first event before answering, so a failure is still a proper HTTP error.
+    async def _stream(self, request_id: str, jobs: list[Job],
+                      include_usage: bool) -> StreamingResponse:
+        streams = [self.gate.stream(job) for job in jobs]
+        # Wait for each stream's first event before answering, so a failure is still a proper
+        # HTTP error.
         try:
-            start = (await self._bounded(events.__anext__()))["start"]
+            starts = await self._bounded(all_of(s.__anext__() for s in streams))
         except BaseException:
-            await events.aclose()
+            for s in streams:
+                await s.aclose()
             raise
-        chunks = api.Chunks(job, start["model"])
+        start = starts[0]["start"]
+        chunks = api.Chunks(request_id, jobs[0], start["model"])
         headers = {"x-served-by": f"{start['tier']}/{start['model']}", "cache-control": "no-cache"}
         return StreamingResponse(
-            api.stream_of(chunks, events, include_usage, lambda e: api_error(e).body()),
+            api.stream_of(chunks, streams, jobs[0].sampling.n, include_usage,
+                          lambda e: api_error(e).body()),
             media_type="text/event-stream", headers=headers)
 
     @app.post("/v1/embeddings")

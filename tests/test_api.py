@@ -27,14 +27,21 @@ TOKENS = [TokenLogprob(token="Paris", logprob=-0.1, top=[("Paris", -0.1), ("Lyon
 
 
 def chat_job(**fields):
-    return api.job_of(ChatCompletionRequest.model_validate({
+    [job] = api.jobs_of(ChatCompletionRequest.model_validate({
         "model": "m", "messages": [{"role": "system", "content": "be brief"},
-                                   {"role": "user", "content": "capital of France?"}], **fields}), "chatcmpl-1")
+                                   {"role": "user", "content": "capital of France?"}], **fields}),
+        "chatcmpl-1", "m")
+    return job
+
+
+def completion_jobs(prompt=("Once upon",), **fields):
+    return api.jobs_of(CompletionRequest.model_validate({"model": "m", "prompt": list(prompt),
+                                                         **fields}), "cmpl-1", "m")
 
 
 def completion_job(**fields):
-    return api.job_of(CompletionRequest.model_validate({"model": "m", "prompt": ["Once upon"],
-                                                        **fields}), "cmpl-1")
+    [job] = completion_jobs(**fields)
+    return job
 
 
 def answer(n: int = 1) -> GenerationResult:
@@ -67,7 +74,8 @@ def test_a_completion_request_becomes_a_job_with_its_raw_prompt():
 
 def test_whole_answers_are_what_the_openai_sdk_parses():
     report = {"score": 0.9, "passed": True}
-    chat = api.completion_of(chat_job(logprobs=True, top_logprobs=1, n=2), answer(2), report)
+    chat = api.completion_of("chatcmpl-1", [chat_job(logprobs=True, top_logprobs=1, n=2)],
+                             [(answer(2), report)])
     parsed = SDKChatCompletion.model_validate_json(chat.model_dump_json())
     assert extras(parsed) == {"quality"} and parsed.model_extra["quality"] == report
     assert [c.message.content for c in parsed.choices] == ["Paris.", "Paris."]
@@ -76,11 +84,27 @@ def test_whole_answers_are_what_the_openai_sdk_parses():
     top = parsed.choices[0].logprobs.content[0].top_logprobs
     assert [t.token for t in top] == ["Paris"]  # as many candidates as asked, not as the gate drew
 
-    text = api.completion_of(completion_job(logprobs=2), answer(), None)
+    text = api.completion_of("cmpl-1", [completion_job(logprobs=2)], [(answer(), None)])
     parsed = SDKCompletion.model_validate_json(text.model_dump_json())
     assert extras(parsed) == set() and parsed.choices[0].text == "Paris."
     assert parsed.choices[0].logprobs.top_logprobs[0] == {"Paris": -0.1, "Lyon": -2.5}
-    assert api.completion_of(chat_job(), answer(), None).choices[0].logprobs is None
+    # the chosen token is among a position's candidates, even with none asked (OpenAI's, vLLM's)
+    text = api.completion_of("cmpl-1", [completion_job(logprobs=0)], [(answer(), None)])
+    assert text.choices[0].logprobs.top_logprobs == [{"Paris": -0.1}, {".": -0.01}]
+    plain = api.completion_of("chatcmpl-1", [chat_job()], [(answer(), None)])
+    assert plain.choices[0].logprobs is None
+
+
+def test_a_list_of_prompts_is_one_job_each_and_one_answer_numbered_as_vllm_does():
+    jobs = completion_jobs(["Once upon", "Long ago"], n=2, quality={"threshold": 0.5})
+    assert [j.prompt for j in jobs] == ["Once upon", "Long ago"]
+    assert [j.request_id for j in jobs] == ["cmpl-1-0", "cmpl-1-1"]
+    reports = [{"score": 0.9}, {"score": 0.2}]
+    text = api.completion_of("cmpl-1", jobs, [(answer(2), reports[0]), (answer(2), reports[1])])
+    parsed = SDKCompletion.model_validate_json(text.model_dump_json())
+    assert parsed.id == "cmpl-1" and [c.index for c in parsed.choices] == [0, 1, 2, 3]
+    assert parsed.usage.prompt_tokens == 14 and parsed.usage.completion_tokens == 8
+    assert parsed.model_extra["quality"] == reports  # one report per prompt
 
 
 async def events(*deltas, fail: Exception | None = None, quality=None):
@@ -92,10 +116,11 @@ async def events(*deltas, fail: Exception | None = None, quality=None):
         yield {"quality": quality}
 
 
-def streamed(job, source, include_usage=False) -> list[str]:
+def streamed(job, source, include_usage=False, more=()) -> list[str]:
     async def collect():
-        return [chunk async for chunk in api.stream_of(api.Chunks(job, "m"), source, include_usage,
-                                                       lambda e: {"error": {"message": str(e)}})]
+        return [chunk async for chunk in api.stream_of(
+            api.Chunks(job.request_id, job, "m"), [source, *more], job.sampling.n, include_usage,
+            lambda e: {"error": {"message": str(e)}})]
     chunks = asyncio.run(collect())
     assert all(c.startswith(b"data: ") and c.endswith(b"\n\n") for c in chunks)
     return [c[6:-2].decode() for c in chunks]
@@ -152,3 +177,25 @@ def test_embeddings_and_models_are_what_the_openai_sdk_parses():
     assert np.frombuffer(raw, "<f4").tolist() == [0.5, -0.25]
     models = api.model_list(["a", "b"])
     assert [Model.model_validate(m.model_dump()).id for m in models.data] == ["a", "b"]
+
+
+def test_streamed_choices_and_prompts_are_numbered_and_closed_each_with_usage_summed():
+    def deltas(text, tokens):
+        return [GenerationDelta(index=j, text=text, finish_reason="stop", prompt_tokens=tokens,
+                                completion_tokens=3) for j in range(2)]
+    jobs = completion_jobs(["Once upon", "Long ago"], n=2)
+    lines = streamed(jobs[0], events(*deltas("a", 4)), include_usage=True,
+                     more=[events(*deltas("b", 5))])
+    chunks = [json.loads(x) for x in lines[:-1]]
+    texts = {}
+    for c in chunks:
+        for choice in c["choices"]:
+            texts[choice["index"]] = texts.get(choice["index"], "") + choice["text"]
+    assert texts == {0: "a", 1: "a", 2: "b", 3: "b"}
+    finished = [ch["index"] for c in chunks for ch in c["choices"] if ch["finish_reason"]]
+    assert sorted(finished) == [0, 1, 2, 3]
+    assert chunks[-1]["usage"] == {"prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21}
+
+    chat = streamed(chat_job(n=2, temperature=1), events(*deltas("x", 4)))
+    roles = [json.loads(x)["choices"][0]["index"] for x in chat[:2]]
+    assert roles == [0, 1]  # a role chunk opens each choice, as vLLM's stream does

@@ -9,6 +9,7 @@ from deployments.llm import engine_dtype, gpu_memory_utilization, resolve_max_to
 from deployments.protocol import (
     BadRequest,
     ChatCompletionRequest,
+    CompletionRequest,
     EmbeddingRequest,
     ModelNotFound,
     QualityOverride,
@@ -84,11 +85,43 @@ def test_max_tokens_caps_and_context():
     ({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens"),
     ({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 17}, "n"),
     ({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "content"),
+    ({"model": "m", "messages": [{"role": "user", "content": "x"}],
+      "stream_options": {"include_usage": True}}, "stream_options"),
+    ({"model": "m", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "top_logprobs"),
+    ({"model": "m", "messages": [{"role": "user", "content": "x"}], "logit_bias": {"a": 1}},
+     "logit_bias"),
+    ({"model": "m", "messages": [{"role": "user", "content": "x"}],
+      "response_format": {"type": "json_schema"}}, "json_schema"),
 ])
 def test_chat_request_validation_names_the_field(body, field):
     with pytest.raises(ValidationError) as e:
         ChatCompletionRequest.model_validate(body)
     assert field in str(e.value)
+
+
+def test_vllm_s_request_semantics():
+    """Where OpenAI leaves room, `vllm serve`'s reading (tests/conformance.py checks it live)."""
+    user = [{"role": "user", "content": "x"}]
+    both = ChatCompletionRequest.model_validate(
+        {"messages": user, "max_tokens": 20, "max_completion_tokens": 4})
+    assert both.model is None and both.max_tokens == 4  # no model: the first; the newer field wins
+    chat = ChatCompletionRequest.model_validate({"model": "m", "messages": user, "n": 2,
+                                                 "stream": True, "logit_bias": {"7042": -100}})
+    assert chat.logit_bias_ids() == {7042: -100}
+    schema = {"type": "object"}
+    formats = [({"type": "text"}, None), ({"type": "json_object"}, {"json_object": True}),
+               ({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+                {"json": schema})]
+    for given, structured in formats:
+        request = ChatCompletionRequest.model_validate(
+            {"model": "m", "messages": user, "response_format": given})
+        assert request.response_format.structured() == structured
+    texts = CompletionRequest.model_validate({"model": "m", "prompt": ["a", "b"], "logprobs": 20})
+    assert texts.prompts() == ["a", "b"]
+    for bad in ({"prompt": []}, {"prompt": ["a", ""]}, {"prompt": "a", "echo": True},
+                {"prompt": "a", "suffix": "b"}, {"prompt": "a", "logprobs": 21}):
+        with pytest.raises(ValidationError):
+            CompletionRequest.model_validate({"model": "m", **bad})
 
 
 def test_embedding_and_override_validation():

@@ -13,7 +13,6 @@ from deployments.gate import (
 )
 from deployments.protocol import (
     Candidate,
-    ChatCompletionRequest,
     GenerationResult,
     Job,
     Sampling,
@@ -273,12 +272,6 @@ def test_chosen_by_consensus_swaps_answer_and_sample():
     picked = chosen_by_consensus(res, 2)
     assert picked.text == "C." and [s.text for s in picked.samples] == ["A.", "B."]
     assert picked.tokens_generated == res.tokens_generated
-
-
-def test_n_with_stream_is_refused():
-    with pytest.raises(ValueError):
-        ChatCompletionRequest.model_validate({
-            "model": "m", "n": 2, "stream": True, "messages": [{"role": "user", "content": "x"}]})
 
 
 def test_evidence_splits_vectors_and_keeps_missing_as_none():

@@ -20,6 +20,7 @@ from deployments.quality import (
     score_answer,
     score_signals,
     signals,
+    structure_check,
     token_signals,
 )
 
@@ -157,3 +158,15 @@ def test_best_prefers_higher_score_then_cheaper():
     cut = Evidence(prompt="q", answer="x y", finish_reason="length")
     a, b, c = (score_answer(x, text_only) for x in (cut, e, e))
     assert best([a, b, c]) == 1
+
+
+def test_structure_check_says_whether_a_json_answer_parses_and_matches_its_schema():
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    assert structure_check('{"city": "Paris"}', {"json": schema}) == {"valid": True, "error": None}
+    wrong = structure_check('{"town": "Paris"}', {"json": schema})
+    assert not wrong["valid"] and "schema" in wrong["error"]
+    cut = structure_check('{"city": "Par', {"json": schema})  # finish_reason "length"
+    assert not cut["valid"] and "not JSON" in cut["error"]
+    assert structure_check('{"a": 1}', {"json_object": True})["valid"]
+    assert not structure_check("[1, 2]", {"json_object": True})["valid"]
+    assert structure_check("Paris.", None) is None  # no JSON asked, nothing to say
