@@ -28,7 +28,7 @@ def vllm_url(tmp_path_factory):
 def documented_rows() -> set[str]:
     """The rows README's "Differences from vLLM's server" table names."""
     readme = (ROOT / "README.md").read_text()
-    section = readme.split("### Differences from vLLM's server", 1)[1].split("\n## ", 1)[0]
+    section = re.split(r"\n#+ ", readme.split("### Differences from vLLM's server", 1)[1])[0]
     return set(re.findall(r"`((?:chat|text|models)\.[a-z0-9_]+)`", section))
 
 
