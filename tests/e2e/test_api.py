@@ -180,6 +180,37 @@ def test_n_returns_that_many_choices_with_usage_over_all(client):
     assert len(comp.choices) == 2
 
 
+@pytest.mark.parametrize("mode", ["report", "buffered"])
+def test_streamed_choices_through_the_gate_score_choice_0_and_close_each(http, mode):
+    body = {"model": CHAT, "messages": FRANCE, "n": 2, "temperature": 0.8, "seed": 3,
+            "max_tokens": 12, "stream": True, "stream_options": {"include_usage": True},
+            "quality": {"gate_mode": mode, "max_attempts": 1}}
+    with http.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    texts, finished = {}, set()
+    for chunk in chunks:
+        for c in chunk["choices"]:
+            texts[c["index"]] = texts.get(c["index"], "") + (c["delta"].get("content") or "")
+            if c["finish_reason"]:
+                finished.add(c["index"])
+    assert finished == {0, 1} and all(texts.values())
+    usage, quality = chunks[-1]["usage"], chunks[-1]["quality"]
+    assert usage["completion_tokens"] >= 2 and quality["attempts"] == 1 and quality["tier"]
+
+
+def test_a_list_of_prompts_gets_a_choice_and_a_report_each(client):
+    resp = client.completions.create(model=CHAT, prompt=["The capital of France is",
+                                                         "The capital of Italy is"],
+                                     max_tokens=6, temperature=0)
+    assert [c.index for c in resp.choices] == [0, 1]
+    assert "Paris" in resp.choices[0].text and resp.choices[1].text.strip()
+    reports = resp.model_extra["quality"]
+    assert len(reports) == 2 and all(0 <= r["score"] <= 1 for r in reports)
+
+
 def test_consensus_tier_answers_with_an_agreed_candidate(client):
     """The `careful` tier draws 8 samples with each answer and serves the one they agree with."""
     resp = client.chat.completions.create(
