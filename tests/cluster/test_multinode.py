@@ -1,6 +1,7 @@
 """The graph on a real two-node Ray cluster (cluster/local.sh: a head and a worker raylet on this
-machine): replicas land on both nodes, the app serves, and stopping the worker moves its replicas
-to the head while requests keep succeeding (the client retries once, as the openai client does).
+machine): replicas land on both nodes, an LLM tier's included, the app serves, and stopping the
+worker moves its replicas to the head while requests keep succeeding (the client retries once,
+after the Retry-After it is sent, as the openai client does).
 
 Run by `make test-cluster` (also the last step of `make test`): it needs the host to itself.
 """
@@ -38,15 +39,21 @@ def cluster(*args: str, timeout: float = 180) -> str:
 
 
 def cluster_config() -> dict:
-    """serve_config.yaml with one LLM tier, the router and the LLM pinned to the head (where
-    the only proxy runs) and two embedder replicas left for Serve to spread over both nodes."""
+    """serve_config.yaml with the fast tier and the router pinned to the head (where the only
+    proxy runs), and two replicas each of the careful tier and the embedder left for Serve to
+    spread over both nodes (its default: replicas of a deployment on different nodes). Their
+    CPU shares let the head take all of them once the worker is gone; the careful tier answers
+    greedily, without its consensus samples, to keep three engines within two cores."""
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     config["proxy_location"] = "HeadOnly"  # one HTTP port on this one machine
     config["http_options"]["port"] = PORT
     args = config["applications"][0]["args"]
-    args["tiers"] = args["tiers"][:1]
-    for part in (args["tiers"][0], args["router"]):
+    fast, careful = args["tiers"]
+    for part in (fast, args["router"]):
         part["deployment"]["resources"] = dict(HEAD_ONLY)
+    careful.update(consensus_samples=0, sampling={"temperature": 0, "max_tokens": 64})
+    careful["deployment"].update(num_replicas=2, num_cpus=0.25)
+    args["router"].setdefault("canary", {})["interval_s"] = 0  # no background engine requests
     args["embedder"]["deployment"].pop("autoscaling", None)  # two fixed replicas, one per node
     args["embedder"]["deployment"].update(num_replicas=2, num_cpus=0.3)
     return config
@@ -112,14 +119,18 @@ def deployed():
 
 def test_replicas_land_on_both_nodes_and_the_app_serves(deployed):
     assert set(deployed) == {"head", "worker"}
-    embedders = replica_nodes("embedder")
-    assert sorted(embedders) == sorted([deployed["head"], deployed["worker"]]), embedders
+    both = sorted([deployed["head"], deployed["worker"]])
+    for spread in ("embedder", "careful"):
+        assert sorted(replica_nodes(spread)) == both, spread
     for pinned in ("fast", "router"):
         assert replica_nodes(pinned) == [deployed["head"]], pinned
-    r = httpx.post(f"{BASE}/v1/chat/completions", timeout=120, json={
-        "model": CHAT, "messages": [{"role": "user", "content": "What is the capital of France?"}],
-        "max_tokens": 16, "temperature": 0})
-    assert r.status_code == 200 and "Paris" in r.json()["choices"][0]["message"]["content"]
+    for tier in ("fast", "careful"):
+        r = httpx.post(f"{BASE}/v1/chat/completions", timeout=120, json={
+            "model": CHAT, "max_tokens": 16, "temperature": 0,
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "quality": {"tier": tier, "enabled": False}})
+        assert r.status_code == 200 and r.headers["x-served-by"].startswith(f"{tier}/")
+        assert "Paris" in r.json()["choices"][0]["message"]["content"]
     r = httpx.post(f"{BASE}/v1/embeddings", json={"model": EMBED, "input": ["hello"] * 4})
     assert r.status_code == 200 and len(r.json()["data"]) == 4
 
@@ -129,38 +140,48 @@ def test_stopping_the_worker_moves_its_replicas_and_requests_keep_succeeding(dep
     results = {"sent": 0, "retried": 0, "lost": 0, "statuses": {}}
     stop = asyncio.Event()
 
-    async def one(client, path, body) -> bool:
+    async def one(client, path, body) -> float | None:
+        """None when answered; else the seconds to wait before the retry (its Retry-After)."""
         try:
             r = await client.post(path, json=body)
         except httpx.TransportError:
-            return False
+            return 1.0
         results["statuses"][r.status_code] = results["statuses"].get(r.status_code, 0) + 1
-        return r.status_code == 200  # a valid request; anything else (a 4xx too) is retried once
+        if r.status_code == 200:  # a valid request; anything else (a 4xx too) is retried once
+            return None
+        return float(r.headers.get("retry-after", 1))
 
     async def worker(client, path, body):
         while not stop.is_set():
             results["sent"] += 1
-            if not await one(client, path, body):
+            wait_s = await one(client, path, body)
+            if wait_s is not None:
                 results["retried"] += 1
-                await asyncio.sleep(1)
-                if not await one(client, path, body):
+                await asyncio.sleep(wait_s)
+                if await one(client, path, body) is not None:
                     results["lost"] += 1
 
     async def run() -> float:
         chat = {"model": CHAT, "messages": [{"role": "user", "content": "Say hello."}],
                 "max_tokens": 8, "quality": {"enabled": False}}
+        remote = {**chat, "quality": {"enabled": False, "tier": "careful"}}  # on both nodes
         embed = {"model": EMBED, "input": ["a sentence to embed"]}
         async with httpx.AsyncClient(base_url=BASE, timeout=120) as client:
             tasks = [asyncio.create_task(worker(client, "/v1/embeddings", embed)) for _ in range(4)]
             tasks.append(asyncio.create_task(worker(client, "/v1/chat/completions", chat)))
+            tasks += [asyncio.create_task(worker(client, "/v1/chat/completions", remote))
+                      for _ in range(2)]
             await asyncio.sleep(5)
             stopped_at = time.monotonic()
             await asyncio.to_thread(cluster, "stop-worker")
+
+            def on_the_head(name: str) -> bool:
+                return (replica_nodes(name) == [head, head]
+                        and serve_state()["deployments"][name]["status"] == "HEALTHY")
+
             moved = await asyncio.to_thread(
-                wait_until,
-                lambda: replica_nodes("embedder") == [head, head]
-                and serve_state()["deployments"]["embedder"]["status"] == "HEALTHY",
-                240, "both embedder replicas alive on the head")
+                wait_until, lambda: on_the_head("embedder") and on_the_head("careful"),
+                300, "both embedder and both careful-tier replicas alive on the head")
             recovery_s = time.monotonic() - stopped_at
             await asyncio.sleep(5)  # requests go on after the move
             stop.set()
@@ -169,8 +190,8 @@ def test_stopping_the_worker_moves_its_replicas_and_requests_keep_succeeding(dep
             return recovery_s
 
     recovery_s = asyncio.run(run())
-    print(f"\nworker stopped: {results}, embedder back to 2 replicas on the head in "
-          f"{recovery_s:.1f} s")
+    print(f"\nworker stopped: {results}, embedder and careful tier back to 2 replicas each "
+          f"on the head in {recovery_s:.1f} s")
     assert results["lost"] == 0, results
     assert results["sent"] > 20, results
     assert httpx.get(f"{BASE}/health", timeout=10).status_code == 200
