@@ -508,7 +508,8 @@ def omitted_if_none():
 class AnswerBody(BaseModel):
     """What every completion response and streamed chunk starts with. After its `object` and
     `choices`, each has `usage` (left out of the chunks before the last) and `quality` (the
-    gate's report, left out of answers the gate did not score), in OpenAI's order."""
+    gate's report, one per prompt for a list of prompts, left out of answers the gate did not
+    score), in OpenAI's order."""
 
     id: str
     created: int = Field(default_factory=lambda: int(time.time()))

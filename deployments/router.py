@@ -126,6 +126,8 @@ async def all_of(awaitables) -> list:
     finally:
         for task in tasks:
             task.cancel()
+        # Let them end before the caller closes what they were running (a stream's generator).
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def as_json(body: BaseModel, headers: dict[str, str] | None = None) -> Response:
