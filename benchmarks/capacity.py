@@ -54,6 +54,11 @@ class Plan:
     options: list[Option]
 
 
+def replicas_needed(load: float, per_replica: float) -> int:
+    """Replicas that serve `load` at `per_replica` each: none for no load, else at least one."""
+    return max(1, math.ceil(load / per_replica)) if load > 0 else 0
+
+
 def modelled_e2e_s(point: dict, prompt_scale: float, output_tokens: int, q: str) -> float:
     """End-to-end seconds at quantile `q` ("p50"/"p95") of a request at this curve point:
     prefill (TTFT, scaled by the prompt) plus one TPOT per further output token."""
@@ -71,7 +76,7 @@ def llm_options(curve: dict, qps: float, prompt_tokens: int, output_tokens: int,
         stretch = {q: modelled_e2e_s(point, prompt_tokens / measured_prompt_tokens, output_tokens, q)
                    / modelled_e2e_s(point, 1.0, measured_output_tokens, q) for q in ("p50", "p95")}
         rps = point["requests_per_s"] / stretch["p50"]
-        out.append(Option(int(c), max(1, math.ceil(qps / rps)) if qps > 0 else 0, round(rps, 4),
+        out.append(Option(int(c), replicas_needed(qps, rps), round(rps, 4),
                           round(point["e2e_p50_ms"] * stretch["p50"] / 1000, 2),
                           round(point["e2e_p95_ms"] * stretch["p95"] / 1000, 2)))
     return out
@@ -81,8 +86,8 @@ def embedder_options(curve: dict, sentences_per_s: float) -> list[Option]:
     out = []
     for c, point in sorted(curve.items(), key=lambda kv: int(kv[0])):
         rate = point["sentences_per_s"]
-        replicas = max(1, math.ceil(sentences_per_s / rate)) if sentences_per_s > 0 else 0
-        out.append(Option(int(c), replicas, rate, round(point["p50_ms"] / 1000, 3),
+        out.append(Option(int(c), replicas_needed(sentences_per_s, rate), rate,
+                          round(point["p50_ms"] / 1000, 3),
                           round(point["p95_ms"] / 1000, 3)))
     return out
 
@@ -100,14 +105,10 @@ def measured_prompt_tokens() -> float:
 
     from benchmarks.load import PROMPTS
     from benchmarks.peers import fast_tier
-    from deployments.models import llm_folder
+    from deployments.models import chat_token_ids, llm_folder
 
     tokenizer = AutoTokenizer.from_pretrained(str(llm_folder(fast_tier().model_source)))
-    lengths = []
-    for prompt in PROMPTS:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                            add_generation_prompt=True, tokenize=True)
-        lengths.append(len(ids["input_ids"] if hasattr(ids, "keys") else ids))
+    lengths = [len(chat_token_ids(tokenizer, [{"role": "user", "content": p}])) for p in PROMPTS]
     return sum(lengths) / len(lengths)
 
 
@@ -132,8 +133,8 @@ def plan(results: dict, qps: float, prompt_tokens: int, output_tokens: int,
     options = embedder_options(embedder, sentences)
     plans.append(Plan("embedder", f"{sentences:g} sentences/s", choose(options, None), options))
     if router_cpu_ms is not None:
-        replicas = max(1, math.ceil(qps * router_cpu_ms / 1000 / router_cpus))
-        option = Option(0, replicas, round(router_cpus * 1000 / router_cpu_ms, 2), 0, 0)
+        per_replica = router_cpus * 1000 / router_cpu_ms  # requests/s one replica's CPUs serve
+        option = Option(0, max(1, replicas_needed(qps, per_replica)), round(per_replica, 2), 0, 0)
         plans.append(Plan("router", f"{qps * router_cpu_ms / 1000:.2f} CPU-seconds/s", option,
                           [option]))
     return plans

@@ -24,7 +24,7 @@ import httpx
 import yaml
 
 from deployments.config import GraphConfig, LLMConfig
-from deployments.models import embedder_folder, llm_folder
+from deployments.models import chat_token_ids, embedder_folder, llm_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -214,9 +214,7 @@ class InProcessEngine:
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
-        ids = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                 add_generation_prompt=True, tokenize=True)
-        ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        ids = chat_token_ids(self.tokenizer, [{"role": "user", "content": prompt}])
         params = SamplingParams(max_tokens=max_tokens, temperature=0,
                                 output_kind=RequestOutputKind.DELTA)
         async for out in self.engine.generate(TokensPrompt(prompt_token_ids=ids), params, request_id):

