@@ -13,21 +13,21 @@ from deployments.config import GraphConfig
 from deployments.embedder import EmbedderDeployment
 from deployments.llm import LLMDeployment
 from deployments.router import Router
+from deployments.tier import Downstream, Tier, by_model
 
 
 def build(config: GraphConfig) -> Application:
     in_turn = config.tier_load_order == "in_turn"
-    tiers = [  # load_turn (tier_load_order in_turn): the cheapest tier's engine loads first
-        LLMDeployment.options(**tier.deployment.serve_options(tier.name)).bind(
-            tier, turn if in_turn else None)
-        for turn, tier in enumerate(config.tiers)
+    tiers = [  # rank: the escalation order, and with in_turn the order the engines load in
+        Tier(tier, LLMDeployment.options(**tier.deployment.serve_options(tier.name)).bind(
+            tier, rank if in_turn else None), rank=rank)
+        for rank, tier in enumerate(config.tiers)
     ]
-    embedder = EmbedderDeployment.options(
-        **config.embedder.deployment.serve_options(config.embedder.name)
-    ).bind(config.embedder)
+    embedder = Downstream(config.embedder, EmbedderDeployment.options(
+        **config.embedder.deployment.serve_options(config.embedder.name)).bind(config.embedder))
     return Router.options(
         **config.router.deployment.serve_options(config.router.name)
-    ).bind(config.router, config.tiers, tiers, config.embedder, embedder)
+    ).bind(config.router, by_model(tiers), embedder)
 
 
 def app_builder(args: dict) -> Application:

@@ -2,7 +2,7 @@
 
 `python -m benchmarks.request_path` times, in one process: building one SSE chunk from the pydantic
 models (`api.Chunks.delta`) against the plain dict + json.dumps it replaced, and the stall watch
-around each chunk (`Gate._unless_down`: two tasks per chunk) against one waiter per stream and a
+around each chunk (`Downstream._unless_down`: two tasks per chunk) against one waiter per stream and a
 bare await. Compare these with the hops' CPU-ms per request in `make bench-overhead`.
 """
 
@@ -14,8 +14,10 @@ import time
 import timeit
 
 from deployments import api
-from deployments.gate import Availability, Gate
+from deployments.availability import Availability
+from deployments.config import LLMConfig
 from deployments.protocol import ChatCompletionRequest, GenerationDelta
+from deployments.tier import Tier
 
 N = 20_000
 
@@ -36,8 +38,8 @@ def chunk_costs() -> dict[str, float]:
 
 
 async def watch_costs() -> dict[str, float]:
-    gate = Gate.__new__(Gate)
-    gate.availability = Availability(["fast"])
+    availability = Availability(["fast"])
+    tier = Tier(LLMConfig(name="fast"), handle=None, availability=availability)
 
     async def step() -> int:
         await asyncio.sleep(0)
@@ -49,14 +51,14 @@ async def watch_costs() -> dict[str, float]:
             await one_chunk()
         return (time.perf_counter() - started) / N * 1e6
 
-    fell = asyncio.ensure_future(gate.availability.fell("fast").wait())
+    fell = asyncio.ensure_future(availability.fell("fast").wait())
 
     async def one_waiter() -> int:
         s = asyncio.ensure_future(step())
         await asyncio.wait({s, fell}, return_when=asyncio.FIRST_COMPLETED)
         return s.result()
 
-    out = {"unless_down_us": await timed(lambda: gate._unless_down("fast", step())),
+    out = {"unless_down_us": await timed(lambda: tier._unless_down(step())),
            "one_waiter_per_stream_us": await timed(one_waiter),
            "bare_await_us": await timed(step)}
     fell.cancel()

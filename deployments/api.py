@@ -33,9 +33,10 @@ from deployments.protocol import (
     GenerationDelta,
     GenerationResult,
     Job,
+    StreamReport,
+    StreamStart,
     ModelCard,
     ModelList,
-    Sampling,
     TokenLogprob,
     TopLogprob,
     Usage,
@@ -50,17 +51,7 @@ def jobs_of(request: ChatCompletionRequest | CompletionRequest, request_id: str,
             model: str) -> list[Job]:
     """What the gate needs of a chat or text completion request, and nothing else: one job per
     prompt (a text completion may send a list of them, as vLLM and OpenAI take)."""
-    stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
-    sampling = Sampling(
-        n=request.n, max_tokens=request.max_tokens, temperature=request.temperature,
-        top_p=request.top_p, stop=stop, seed=request.seed,
-        presence_penalty=request.presence_penalty or 0.0,
-        frequency_penalty=request.frequency_penalty or 0.0,
-        repetition_penalty=request.repetition_penalty, top_k=request.top_k, min_p=request.min_p,
-        min_tokens=request.min_tokens, logit_bias=request.logit_bias_ids(),
-        structured=request.response_format.structured() if request.response_format else None,
-        top_logprobs=request.top_logprobs_asked(),
-    )
+    sampling = request.sampling()
     if isinstance(request, CompletionRequest):
         prompts = request.prompts()
         return [Job(request_id=request_id if len(prompts) == 1 else f"{request_id}-{i}",
@@ -173,7 +164,10 @@ class Chunks:
         return [*out, sse("[DONE]")]
 
 
-async def merged(streams: list[AsyncIterator[dict]]) -> AsyncIterator[tuple[int, dict]]:
+Event = StreamStart | GenerationDelta | StreamReport  # what a gated stream yields, in order
+
+
+async def merged(streams: list[AsyncIterator[Event]]) -> AsyncIterator[tuple[int, Event]]:
     """The events of several streams as they come, each tagged with its stream's position."""
     if len(streams) == 1:
         async for event in streams[0]:
@@ -182,7 +176,7 @@ async def merged(streams: list[AsyncIterator[dict]]) -> AsyncIterator[tuple[int,
     queue: asyncio.Queue = asyncio.Queue()
     END = object()
 
-    async def pump(i: int, stream: AsyncIterator[dict]) -> None:
+    async def pump(i: int, stream: AsyncIterator[Event]) -> None:
         try:
             async for event in stream:
                 await queue.put((i, event))
@@ -206,12 +200,12 @@ async def merged(streams: list[AsyncIterator[dict]]) -> AsyncIterator[tuple[int,
             task.cancel()
 
 
-async def stream_of(chunks: Chunks, streams: list[AsyncIterator[dict]], n: int,
+async def stream_of(chunks: Chunks, streams: list[AsyncIterator[Event]], n: int,
                     include_usage: bool, error_body: Callable[[Exception], dict]
                     ) -> AsyncIterator[bytes]:
-    """Server-sent events from the gate's stream events ({"delta"}..., {"quality"}), one stream
-    per prompt. A failure after the status line went out is reported in-band (its OpenAI error
-    body), then [DONE]."""
+    """Server-sent events from the gate's stream events (deltas, then the report), one stream
+    per prompt, each past its `StreamStart`. A failure after the status line went out is reported
+    in-band (its OpenAI error body), then [DONE]."""
     last: dict[int, GenerationDelta] = {}  # per choice: its finish reason and token count
     prompt_tokens: dict[int, int] = {}
     reports: dict[int, dict] = {}
@@ -219,15 +213,14 @@ async def stream_of(chunks: Chunks, streams: list[AsyncIterator[dict]], n: int,
         yield chunk
     try:
         async for i, event in merged(streams):
-            if "delta" in event:
-                delta = event["delta"]
-                index = i * n + delta.index
-                last[index] = delta
-                prompt_tokens[i] = delta.prompt_tokens
-                if delta.text:
-                    yield chunks.delta(index, delta)
-            elif "quality" in event:
-                reports[i] = event["quality"]
+            if isinstance(event, GenerationDelta):
+                index = i * n + event.index
+                last[index] = event
+                prompt_tokens[i] = event.prompt_tokens
+                if event.text:
+                    yield chunks.delta(index, event)
+            elif isinstance(event, StreamReport) and event.report is not None:
+                reports[i] = event.report
     except Exception as e:
         yield sse(json.dumps(error_body(e)))
         yield sse("[DONE]")

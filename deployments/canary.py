@@ -2,16 +2,24 @@
 a period, so a tier that is up but answers wrongly (a bad model upload, a wrong dtype, a broken
 chat template, a sampling config that ruins answers) is seen before users complain.
 
-Pure functions here (no Ray): whether an answer is right, and a round's summary. The router asks
-the questions (`gate.Gate`), exports the counts and scores, and shows the last round in /health.
+Whether an answer is right and a round's summary are pure functions; `watch` asks one tier the
+questions on a period through a function the gate gives it (the tier's own sampling, the gate's
+score), exports the counts and scores, and keeps the last round for /health. No Ray import.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import time
 import unicodedata
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+
+from deployments import metrics
+
+log = logging.getLogger("ray.serve")
 
 
 def normalise(text: str) -> str:
@@ -49,3 +57,31 @@ def summary(checks: list[Check], min_correct_share: float, started: float) -> di
         "duration_s": round(time.time() - started, 2),
         "answers": [asdict(c) for c in checks],
     }
+
+
+async def watch(tier: str, is_up: Callable[[], bool],
+                answer: Callable[[str], Awaitable[tuple[str, float]]], checks: list,
+                interval_s: float, min_correct_share: float, rounds: dict[str, dict]) -> None:
+    """Every `interval_s`, the tier answers every check (`answer(prompt)`: its text and score,
+    as a client would be answered, no retry); `rounds[tier]` keeps the last round. A tier that is
+    down or loading is skipped: its probes report that."""
+    while True:
+        await asyncio.sleep(interval_s)
+        if not is_up():
+            continue
+        started = time.time()
+        try:
+            answers = await asyncio.gather(*(answer(c.prompt) for c in checks))
+        except Exception as e:  # the tier failed meanwhile
+            log.warning("canary round of %s skipped: %s", tier, type(e).__name__)
+            continue
+        done = []
+        for check, (text, score) in zip(checks, answers):
+            right = correct(text, check.expect)
+            metrics.inc("graphserve_canary_checks", tier=tier, correct=str(right).lower())
+            metrics.observe("graphserve_canary_score", score, tier=tier)
+            done.append(Check(prompt=check.prompt, answer=text, correct=right, score=round(score, 4)))
+        rounds[tier] = summary(done, min_correct_share, started)
+        if rounds[tier]["failing"]:
+            log.warning("tier %s fails its canary: %d of %d answers right", tier,
+                        rounds[tier]["correct"], len(done))

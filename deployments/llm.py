@@ -3,18 +3,17 @@
 The router calls `stream` (token deltas) or `generate` (the whole answer, `n` choices), both with
 the gate's consistency samples drawn alongside, and `likelihood` (a given answer's token logprobs,
 one prefill). A caller that goes away cancels the Serve call; vLLM's generator then aborts the
-request in the engine, so a client disconnect frees its KV cache at once. Logprobs of the sampled tokens are always requested because
-the quality gate needs them; the router strips them for clients that did not ask.
+request in the engine, so a client disconnect frees its KV cache at once. Logprobs of the sampled
+tokens are always requested because the quality gate needs them; the router strips them for
+clients that did not ask. Beside the engine: `heartbeat.py` (is the core alive, the worker's heap)
+and `load_order.py` (engines loading in turn on one host).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import logging
 import os
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +22,9 @@ from ray import serve
 
 from deployments import memory, metrics, reaper
 from deployments.config import LLMConfig, assigned
+from deployments.failures import engine_error
+from deployments.heartbeat import Heartbeat
+from deployments.load_order import loading_in_turn
 from deployments.models import chat_token_ids, llm_folder
 from deployments.protocol import (
     BadRequest,
@@ -46,25 +48,6 @@ def engine_dtype(requested: str, has_cuda: bool, cpu_has_bf16: bool) -> str:
     if has_cuda:
         return "auto"  # vLLM picks the checkpoint's dtype (bf16/fp16) on GPUs
     return "bfloat16" if cpu_has_bf16 else "float32"
-
-
-def gpu_memory_utilization(config: LLMConfig, gpus: float | None = None) -> float:
-    """Share of the GPU this replica may fill: its Ray GPU fraction (`gpus`, as Ray assigned it;
-    else the config's num_gpus), less headroom.
-
-    Two replicas with num_gpus 0.5 each get 0.45, so co-located engines never over-commit.
-    """
-    if config.gpu_memory_utilization is not None:
-        return config.gpu_memory_utilization
-    gpus = config.deployment.num_gpus if gpus is None else gpus
-    return round(0.9 * min(gpus, 1.0), 3) or 0.9
-
-
-def gpu_budget(config: LLMConfig, total_bytes: int, gpus: float | None = None) -> tuple[int, str]:
-    """The bytes this replica's engine may fill on a GPU of `total_bytes`, and how to name them
-    in a preflight error."""
-    share = gpu_memory_utilization(config, gpus)
-    return int(total_bytes * share), f"this replica ({share:.0%} of the GPU, from its num_gpus)"
 
 
 def resolve_max_tokens(sampling: Sampling, config: LLMConfig, prompt_tokens: int) -> int:
@@ -92,6 +75,63 @@ def resolve_max_tokens(sampling: Sampling, config: LLMConfig, prompt_tokens: int
     return sampling.max_tokens
 
 
+def token_logprobs(tokenizer, choice, top: int) -> list[TokenLogprob]:
+    """The logprobs of one step's new tokens of a sequence, as ours."""
+    if not choice.logprobs:
+        return []
+    return [token_logprob(tokenizer, token_id, candidates, top)
+            for token_id, candidates in zip(choice.token_ids, choice.logprobs)
+            if token_id in candidates]
+
+
+def token_logprob(tokenizer, token_id: int, candidates: dict, top: int) -> TokenLogprob:
+    """vLLM's candidates of one position as ours: the given token's logprob, the top `top`."""
+    given = candidates.get(token_id)
+    ranked = sorted(candidates.values(), key=lambda lp: lp.rank or 0)[:top] if top else []
+    return TokenLogprob(
+        token=(given.decoded_token if given else None) or tokenizer.decode([token_id]),
+        logprob=max(given.logprob, -9999.0) if given else -9999.0,
+        top=[(lp.decoded_token or "", max(lp.logprob, -9999.0)) for lp in ranked],
+    )
+
+
+def preflight(config: LLMConfig, folder: Path, dtype: str, gpus: float | None) -> dict:
+    """Fail before loading when the model cannot fit (deployments/memory.py). `gpus`: the
+    replica's GPU fraction on a GPU host, None on a CPU host."""
+    import psutil
+    import torch
+
+    gpu = ((torch.cuda.get_device_properties(0).total_memory, gpus, config.gpu_memory_utilization)
+           if gpus is not None else None)
+    return memory.preflight(
+        memory.read_config(folder), dtype, config.max_model_len, config.kv_cache_gib, gpu,
+        psutil.virtual_memory().available, sum(p.stat().st_size for p in folder.glob("*.safetensors")))
+
+
+def engine_args(config: LLMConfig, folder: Path, dtype: str, gpus: float | None):
+    """vLLM's engine arguments for a tier: on a GPU its share of the GPU's memory, on a CPU host
+    a KV cache of `kv_cache_gib`."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    args = AsyncEngineArgs(
+        model=str(folder),
+        served_model_name=config.model_id,
+        dtype=dtype,
+        max_model_len=config.max_model_len,
+        max_num_seqs=config.max_num_seqs,
+        disable_log_stats=False,
+        enforce_eager=not config.compile,
+        stream_interval=config.stream_interval,
+        worker_extension_cls="deployments.heap.WorkerExtension",
+    )
+    if gpus is not None:
+        args.gpu_memory_utilization = memory.gpu_memory_utilization(config.gpu_memory_utilization,
+                                                                    gpus)
+    else:
+        args.kv_cache_memory_bytes = int(config.kv_cache_gib * (1 << 30))
+    return args
+
+
 def keeping_scheduler_stats(store: dict):
     """A vLLM stat-logger class that keeps the engine's last scheduler figures (KV-cache use,
     waiting requests) in `store`, for `info` and /health; vLLM's own Prometheus logger runs too."""
@@ -110,33 +150,6 @@ def keeping_scheduler_stats(store: dict):
             store.setdefault("kv_cache_usage", 0.0)
 
     return SchedulerSnapshot
-
-
-HEAP_RELEASE_EVERY_S = 10.0  # each release: one utility call, answered between two steps
-
-
-@contextlib.asynccontextmanager
-async def loading_in_turn(turn: int, app: str):
-    """With `tier_load_order: in_turn`: engines of one app on one CPU host load one after another,
-    in tier order, so the first tier does not share the cores while it loads. Measured
-    (benchmarks/results/recovery.md): the first answer after a total loss came ~6 s sooner than
-    side by side, the whole graph ~30 s later, so side by side is the default. Each turn holds an
-    flock in /tmp while it loads and waits for the earlier turns' locks on this host; engines on
-    other hosts have cores of their own and do not wait. A turn whose predecessors have not
-    started yet simply goes first."""
-    folder = Path(tempfile.gettempdir()) / f"graphserve-load-{app}"
-    folder.mkdir(exist_ok=True)
-    mine = open(folder / f"{turn}.lock", "w")
-    try:
-        await asyncio.to_thread(fcntl.flock, mine, fcntl.LOCK_EX)
-        for earlier in range(turn):
-            path = folder / f"{earlier}.lock"
-            if path.exists():
-                with open(path) as held:
-                    await asyncio.to_thread(fcntl.flock, held, fcntl.LOCK_SH)
-        yield
-    finally:
-        mine.close()  # releases the lock
 
 
 @serve.deployment
@@ -171,35 +184,19 @@ class LLMDeployment:
         # vLLM re-applies a logging dictConfig while building its engine, which closes every
         # existing handler, Serve's replica log file included: keep Ray's logging as it is.
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
-        from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
         from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
         dtype = engine_dtype(config.dtype, has_cuda, torch.cpu._is_avx512_bf16_supported())
-        self.memory = self._preflight(folder, dtype, has_cuda)
-        args = AsyncEngineArgs(
-            model=str(folder),
-            served_model_name=config.model_id,
-            dtype=dtype,
-            max_model_len=config.max_model_len,
-            max_num_seqs=config.max_num_seqs,
-            disable_log_stats=False,
-            enforce_eager=not config.compile,
-            stream_interval=config.stream_interval,
-            worker_extension_cls="deployments.heap.WorkerExtension",
-        )
-        if has_cuda:
-            args.gpu_memory_utilization = gpu_memory_utilization(config, self.resources["GPU"])
-        else:
-            args.kv_cache_memory_bytes = int(config.kv_cache_gib * (1 << 30))
+        self.memory = preflight(config, folder, dtype, self.resources["GPU"] if has_cuda else None)
+        args = engine_args(config, folder, dtype, self.resources["GPU"] if has_cuda else None)
         # vLLM's own metrics (TTFT, time per output token, tokens, queue) through Ray's exporter,
         # and its last scheduler figures for `info`.
         self.scheduler: dict = {}
         self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[
             RayPrometheusStatLogger, keeping_scheduler_stats(self.scheduler)])
         self.tokenizer = self.engine.tokenizer
-        self._asked_at: float | None = None
-        self._heartbeat = asyncio.create_task(self._listen_to_engine())
+        self.heartbeat = Heartbeat(self.engine, config.name)
         self.dtype = str(self.engine.model_config.dtype).removeprefix("torch.")
         # The first request through a fresh engine pays its lazy setup (~10 s here): pay it now,
         # before Serve marks the replica ready.
@@ -213,28 +210,6 @@ class LLMDeployment:
                  "memory estimate %.2f GiB of %.2f GiB available", config.name, config.model_id,
                  folder, self.load_seconds, self.memory["weights_bytes_read"] / 1e9, self.dtype,
                  self.memory["estimate_gib"], self.memory["available_gib"])
-
-    def _preflight(self, folder, dtype: str, has_cuda: bool) -> dict:
-        """Fail before loading when the model cannot fit (see deployments/memory.py)."""
-        import psutil
-        import torch
-
-        cfg = memory.read_config(folder)
-        if dtype == "auto":
-            dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16")
-        if has_cuda:
-            available, where = gpu_budget(self.config,
-                                          torch.cuda.get_device_properties(0).total_memory,
-                                          self.resources["GPU"])
-            kv_gib = None
-        else:
-            available, where, kv_gib = psutil.virtual_memory().available, "this host (free RAM)", \
-                self.config.kv_cache_gib
-        est = memory.check(cfg, dtype, self.config.max_model_len, kv_gib, available, where)
-        weights_on_disk = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
-        return {"estimate_gib": round(est.total_bytes / memory.GIB, 2),
-                "available_gib": round(available / memory.GIB, 2),
-                "weights_bytes_read": weights_on_disk}
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -255,7 +230,7 @@ class LLMDeployment:
                     delta = GenerationDelta(
                         index=choice.index,
                         text=choice.text,
-                        logprobs=self._logprobs(choice, params.logprobs),
+                        logprobs=token_logprobs(self.tokenizer, choice, params.logprobs),
                         finish_reason=choice.finish_reason,
                         prompt_tokens=len(prompt_ids),
                         completion_tokens=produced[choice.index],
@@ -299,7 +274,7 @@ class LLMDeployment:
         final = None
         async for step in self._engine_outputs(ids, params, request.request_id):
             final = step
-        return [self._token_logprob(token_id, candidates or {}, request.top_k)
+        return [token_logprob(self.tokenizer, token_id, candidates or {}, request.top_k)
                 for token_id, candidates in zip(answer_ids, final.prompt_logprobs[len(prompt_ids):])]
 
     def _start_samples(self, request: GenerationRequest, prompt_ids: list[int]):
@@ -319,133 +294,57 @@ class LLMDeployment:
             for seq in step.outputs:
                 c = out[seq.index]
                 c.text += seq.text
-                c.logprobs.extend(self._logprobs(seq, params.logprobs))
+                c.logprobs.extend(token_logprobs(self.tokenizer, seq, params.logprobs))
                 c.completion_tokens += len(seq.token_ids)
                 c.finish_reason = seq.finish_reason or c.finish_reason
         return out
 
     async def _engine_outputs(self, prompt_ids: list[int], params, request_id: str):
         """vLLM's outputs for one request, with its failures as our API errors."""
-        from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
-        from vllm.v1.engine.exceptions import EngineDeadError
 
         try:
             async for out in self.engine.generate(
                 TokensPrompt(prompt_token_ids=prompt_ids), params, request_id
             ):
                 yield out
-        except EngineDeadError as e:
-            raise ServiceUnavailable(f"LLM tier {self.config.name!r}: engine is dead") from e
-        except (VLLMClientError, ValueError) as e:  # the request's fault, as `vllm serve` says
-            raise BadRequest(str(e)) from e
+        except Exception as e:
+            raise engine_error(e, self.config.name) from e
 
     def _prompt_ids(self, request: GenerationRequest | LikelihoodRequest) -> list[int]:
         if request.messages is not None:
             try:
-                return chat_token_ids(self.tokenizer, self._template_roles(request.messages))
+                return chat_token_ids(self.tokenizer, request.messages)
             except Exception as e:  # the model's own template refused these messages
                 raise BadRequest(f"messages do not fit the model's chat template: {e}",
                                  param="messages") from e
         return self.tokenizer.encode(request.prompt or "")
 
-    def _template_roles(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
-        """OpenAI's `developer` role is its new name for `system`: a template that does not know
-        it gets it as one system message first (as `vllm serve` does)."""
-        if not any(m["role"] == "developer" for m in messages):
-            return messages
-        if "developer" in (self.tokenizer.get_chat_template() or ""):
-            return messages
-        system = [m["content"] for m in messages if m["role"] in ("system", "developer")]
-        rest = [m for m in messages if m["role"] not in ("system", "developer")]
-        return [{"role": "system", "content": "\n".join(c for c in system if c)}, *rest]
-
     def _sampling_params(self, sampling: Sampling, prompt_tokens: int, signal_top_k: int = 0):
+        """vLLM's SamplingParams: the request's sampling over this tier's defaults, its
+        max_tokens fitted to the context, and (for the gate) `signal_top_k` candidates per token
+        even when the client asked for fewer."""
         from vllm import SamplingParams
-        from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
-        defaults = self.config.sampling
+        sampling = sampling.with_defaults(self.config.sampling)
         try:
             return SamplingParams(
-                n=sampling.n,
+                **sampling.engine_fields(),
                 max_tokens=resolve_max_tokens(sampling, self.config, prompt_tokens),
-                temperature=(defaults.temperature if sampling.temperature is None
-                             else sampling.temperature),
-                top_p=defaults.top_p if sampling.top_p is None else sampling.top_p,
-                top_k=0 if sampling.top_k is None else sampling.top_k,
-                min_p=sampling.min_p or 0.0,
-                min_tokens=sampling.min_tokens,
                 stop=sampling.stop or None,
-                seed=sampling.seed,
-                presence_penalty=sampling.presence_penalty,
-                frequency_penalty=sampling.frequency_penalty,
-                repetition_penalty=(defaults.repetition_penalty if sampling.repetition_penalty is None
-                                    else sampling.repetition_penalty),
-                logit_bias=sampling.logit_bias,
                 structured_outputs=(StructuredOutputsParams(**sampling.structured)
                                     if sampling.structured else None),
-                # 0: the sampled token's logprob only; the gate may want more candidates than
-                # the client
                 logprobs=max(sampling.top_logprobs or 0, signal_top_k),
                 output_kind=RequestOutputKind.DELTA,
             )
-        except (ValueError, VLLMClientError) as e:  # vLLM's checks (n > 1 with greedy sampling)
-            raise BadRequest(str(e)) from None
-
-    def _logprobs(self, choice, top: int) -> list[TokenLogprob]:
-        if not choice.logprobs:
-            return []
-        return [self._token_logprob(token_id, candidates, top)
-                for token_id, candidates in zip(choice.token_ids, choice.logprobs)
-                if token_id in candidates]
-
-    def _token_logprob(self, token_id: int, candidates: dict, top: int) -> TokenLogprob:
-        """vLLM's candidates of one position as ours: the given token's logprob, the top `top`."""
-        given = candidates.get(token_id)
-        ranked = sorted(candidates.values(), key=lambda lp: lp.rank or 0)[:top] if top else []
-        return TokenLogprob(
-            token=(given.decoded_token if given else None) or self.tokenizer.decode([token_id]),
-            logprob=max(given.logprob, -9999.0) if given else -9999.0,
-            top=[(lp.decoded_token or "", max(lp.logprob, -9999.0)) for lp in ranked],
-        )
+        except Exception as e:  # vLLM's checks (n > 1 with greedy sampling)
+            raise engine_error(e, self.config.name) from None
 
     # -- health and introspection -----------------------------------------------------------
 
     def running_requests(self) -> int:
         return self.engine.get_num_unfinished_requests()
-
-    async def _listen_to_engine(self) -> None:
-        """Asks the engine core a trivial question (a utility call over its socket) every second.
-        The core answers between two steps, so a busy one answers within a step's time, and one
-        that is stopped or hung in a step does not answer at all, whatever requests it holds.
-        Ends when the engine dies (then `engine.errored` says so)."""
-        released = time.monotonic()
-        with contextlib.suppress(Exception):
-            while True:
-                self._asked_at = time.monotonic()
-                await self.engine.is_sleeping()
-                if time.monotonic() - released > HEAP_RELEASE_EVERY_S:
-                    released = time.monotonic()
-                    await self._release_worker_heap()
-                self._asked_at = None
-                await asyncio.sleep(1)
-
-    async def _release_worker_heap(self) -> None:
-        """The worker process, where the model runs, hands its freed heap pages back to the OS
-        (deployments/heap.py; without it a 15-minute soak saw one worker grow 10 %, with it every
-        30 s 5.2 %, rising for 4 minutes and then swinging 2.32-2.38 GiB between releases). Answered
-        between two steps, like the heartbeat's question; a failure is logged, not fatal."""
-        try:
-            await self.engine.collective_rpc("release_freed_memory", timeout=30)
-        except Exception as e:
-            if self.engine.errored:
-                raise
-            log.warning("LLM %s: the worker could not release its heap: %s", self.config.name, e)
-
-    def silent_seconds(self) -> float:
-        """How long the engine core has left the current question unanswered (0: it answered)."""
-        return 0.0 if self._asked_at is None else time.monotonic() - self._asked_at
 
     def info(self) -> dict:
         """What the router's probe reads; raises when the engine is dead, so the tier is marked
@@ -463,7 +362,7 @@ class LLMDeployment:
             "memory_estimate_gib": self.memory["estimate_gib"],
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "running_requests": self.running_requests(),
-            "engine_silent_s": round(self.silent_seconds(), 1),
+            "engine_silent_s": round(self.heartbeat.silent_seconds(), 1),
             # as of the engine's last step (an abort frees its blocks without a step)
             **self.scheduler,
         }
@@ -478,7 +377,7 @@ class LLMDeployment:
         except Exception:
             metrics.inc("graphserve_health_check_failures", reason="engine_dead")
             raise
-        silent = self.silent_seconds()
+        silent = self.heartbeat.silent_seconds()
         if silent > self.config.stall_timeout_s:
             metrics.inc("graphserve_health_check_failures", reason="stalled")
             raise RuntimeError(f"engine stalled: its core has not answered for {silent:.0f} s "

@@ -104,3 +104,32 @@ def check(cfg: dict, dtype: str, max_model_len: int, kv_cache_gib: float | None,
 def read_config(folder: Path) -> dict:
     cfg = json.loads((folder / "config.json").read_text())
     return cfg.get("text_config", cfg)  # multimodal checkpoints nest the language model's config
+
+
+def gpu_memory_utilization(share: float | None, gpus: float) -> float:
+    """Share of the GPU a replica's engine may fill: the configured `share`, else its Ray GPU
+    fraction less headroom, so that engines sharing a GPU never over-commit it (two replicas with
+    num_gpus 0.5 get 0.45 each)."""
+    if share is not None:
+        return share
+    return round(0.9 * min(gpus, 1.0), 3) or 0.9
+
+
+def preflight(cfg: dict, dtype: str, max_model_len: int, kv_cache_gib: float,
+              gpu: tuple[int, float, float | None] | None, free_ram_bytes: int,
+              weights_bytes: int) -> dict:
+    """Fail before loading when the model cannot fit; else what /health shows of the budget.
+    `gpu`: (the GPU's total bytes, the replica's GPU fraction, a configured share) on a GPU
+    host, None on a CPU host (then the KV cache is `kv_cache_gib` of free RAM)."""
+    if dtype == "auto":
+        dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16")
+    if gpu is not None:
+        total, gpus, share = gpu
+        fraction = gpu_memory_utilization(share, gpus)
+        available = int(total * fraction)
+        where, kv_gib = f"this replica ({fraction:.0%} of the GPU, from its num_gpus)", None
+    else:
+        available, where, kv_gib = free_ram_bytes, "this host (free RAM)", kv_cache_gib
+    est = check(cfg, dtype, max_model_len, kv_gib, available, where)
+    return {"estimate_gib": round(est.total_bytes / GIB, 2),
+            "available_gib": round(available / GIB, 2), "weights_bytes_read": weights_bytes}

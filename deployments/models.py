@@ -55,8 +55,21 @@ def llm_folder(source: str) -> Path:
 def chat_token_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     """The prompt token ids of a chat through the model's own template, with the assistant's
     turn opened (transformers 5 returns a BatchEncoding, earlier versions a list)."""
+    messages = template_roles(messages, tokenizer)
     encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+
+def template_roles(messages: list[dict[str, str]], tokenizer) -> list[dict[str, str]]:
+    """OpenAI's `developer` role is its new name for `system`: a template that does not know it
+    gets it as one system message first (as `vllm serve` does)."""
+    if not any(m["role"] == "developer" for m in messages):
+        return messages
+    if "developer" in (tokenizer.get_chat_template() or ""):
+        return messages
+    system = [m["content"] for m in messages if m["role"] in ("system", "developer")]
+    rest = [m for m in messages if m["role"] not in ("system", "developer")]
+    return [{"role": "system", "content": "\n".join(c for c in system if c)}, *rest]
 
 
 def embedder_folder(source: str) -> Path:

@@ -195,8 +195,22 @@ class SamplingFields(Lenient):
             raise ValueError("logit_bias keys must be token ids (integers as strings)")
         return v
 
-    def logit_bias_ids(self) -> dict[int, float] | None:
-        return {int(k): b for k, b in self.logit_bias.items()} if self.logit_bias else None
+    def sampling(self) -> Sampling:
+        """The engine's sampling for this request (vLLM's `to_sampling_params`): the fields both
+        models share by name, plus the few that change shape. Unset fields stay None: the tier's
+        defaults fill them (`Sampling.with_defaults`)."""
+        shared = (set(Sampling.model_fields) & set(SamplingFields.model_fields)) - {"stop", "logit_bias"}
+        return Sampling(
+            **self.model_dump(include=shared, exclude_none=True),
+            stop=[self.stop] if isinstance(self.stop, str) else list(self.stop or []),
+            logit_bias={int(k): b for k, b in self.logit_bias.items()} if self.logit_bias else None,
+            structured=self.response_format.structured() if self.response_format else None,
+            top_logprobs=self.top_logprobs_asked(),
+        )
+
+    def top_logprobs_asked(self) -> int | None:
+        """Candidates per token the client wants back; None: no logprobs at all."""
+        return None
 
 
 class ChatMessage(Lenient):
@@ -335,7 +349,8 @@ class QualityScoreRequest(Lenient):
 
 
 class Sampling(BaseModel):
-    """Sampling for one attempt (vLLM SamplingParams fields); None: the tier's default."""
+    """Sampling for one attempt, named as vLLM's SamplingParams names it; None: the tier's
+    default, filled in one place (`with_defaults`)."""
 
     n: int = 1
     max_tokens: int | None = None
@@ -352,6 +367,21 @@ class Sampling(BaseModel):
     logit_bias: dict[int, float] | None = None
     structured: dict | None = None  # vLLM StructuredOutputsParams fields (response_format)
     top_logprobs: int | None = None  # top candidates per token the client asked for
+
+    def with_defaults(self, defaults) -> Sampling:
+        """Unset fields from a tier's `SamplingDefaults`, and vLLM's "off" for top_k and min_p.
+        `max_tokens` stays as asked: unset, the engine fits the default into the context left
+        (`llm.resolve_max_tokens`)."""
+        return self.model_copy(update={
+            "temperature": defaults.temperature if self.temperature is None else self.temperature,
+            "top_p": defaults.top_p if self.top_p is None else self.top_p,
+            "repetition_penalty": (defaults.repetition_penalty if self.repetition_penalty is None
+                                   else self.repetition_penalty),
+            "top_k": self.top_k or 0, "min_p": self.min_p or 0.0})
+
+    def engine_fields(self) -> dict:
+        """The fields vLLM's SamplingParams takes as they are (the rest change shape there)."""
+        return self.model_dump(exclude={"max_tokens", "structured", "top_logprobs", "stop"})
 
 
 class Job(BaseModel):
@@ -425,6 +455,19 @@ class GenerationDelta(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0  # this choice's so far
     samples: list[Candidate] = Field(default_factory=list)
+
+
+class StreamStart(BaseModel):
+    """A gated stream's first event: which tier answers."""
+
+    tier: str
+    model: str
+
+
+class StreamReport(BaseModel):
+    """A gated stream's last event: the quality report of choice 0 (None: the gate is off)."""
+
+    report: dict | None = None
 
 
 class GenerationResult(BaseModel):

@@ -1,9 +1,9 @@
 """Router: the one deployment in front of the models. The OpenAI-compatible HTTP API and the
 quality gate (`gate.py`) share its process, so a request crosses proxy -> router -> LLM tier.
 
-Routes parse, hand the request to the gate and format its answer. Bodies are read with a size limit
-and validated by the models in `protocol.py`; every failure (ours, the engine's, Ray's) is turned
-into the OpenAI error body by `error_response`, the one place that maps exceptions to HTTP.
+Routes parse, hand the request to the gate and format its answer (`api.py`). Bodies are read with
+a size limit and validated by the models in `protocol.py`; every failure (ours, the engine's,
+Ray's) is answered through `failures.error_response`.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.exceptions import RayTaskError
-from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments import api
-from deployments.config import EmbedderConfig, LLMConfig, RouterConfig, model_ids
+from deployments import api, availability
+from deployments.config import RouterConfig
 from deployments.embedder import Embedded, check_inputs
-from deployments.gate import UNAVAILABLE, Gate, api_error
+from deployments.failures import UNAVAILABLE, api_error, error_response
+from deployments.gate import Gate
 from deployments.metrics import RequestMetrics
 from deployments.protocol import (
     APIError,
@@ -43,9 +43,9 @@ from deployments.protocol import (
     RequestTimeout,
     Unauthorized,
     UnsupportedMediaType,
-    error_body,
     new_id,
 )
+from deployments.tier import Downstream, Tier
 
 log = logging.getLogger("ray.serve")
 app = FastAPI(title="graphserve", docs_url=None, redoc_url=None)
@@ -55,28 +55,15 @@ app.add_middleware(RequestMetrics, routes=ROUTES)
 Body = TypeVar("Body", bound=BaseModel)
 
 
-def error_response(exc: BaseException) -> JSONResponse:
-    err = api_error(exc)
-    headers = {"retry-after": str(err.retry_after_s)} if err.retry_after_s else None
-    return JSONResponse(err.body(), status_code=err.status, headers=headers)
-
-
 async def _error(request: Request, exc: Exception) -> JSONResponse:
-    return error_response(exc)
+    return error_response(exc, request.method, request.url.path)
 
 
 # Known failures get their own handlers: Starlette re-raises whatever reaches the catch-all
 # `Exception` handler, and Serve's proxy may then replace our body with its own plain text.
-for _known in {APIError, RayTaskError, *UNAVAILABLE}:
+for _known in {APIError, RayTaskError, StarletteHTTPException, *UNAVAILABLE}:
     app.add_exception_handler(_known, _error)
 app.add_exception_handler(Exception, _error)  # the unexpected: a 500 with the OpenAI body
-
-
-@app.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
-    return JSONResponse(error_body(f"{request.method} {request.url.path}: {exc.detail}", kind),
-                        status_code=exc.status_code)
 
 
 async def read_json(request: Request, model: type[Body], limit: int) -> Body:
@@ -137,17 +124,11 @@ def as_json(body: BaseModel, headers: dict[str, str] | None = None) -> Response:
 @serve.deployment
 @serve.ingress(app)
 class Router:
-    async def __init__(self, config: RouterConfig, tiers: list[LLMConfig],
-                       tier_handles: list[DeploymentHandle], embedder_config: EmbedderConfig,
-                       embedder: DeploymentHandle):
+    async def __init__(self, config: RouterConfig, tiers: dict[str, list[Tier]],
+                       embedder: Downstream):
         self.config = config
-        self.embedder_config = embedder_config
-        self.tier_names = [t.name for t in tiers]
-        self.model_ids = model_ids(tiers)
         self.embedder = embedder
-        # Its probes make each handle's first call now, off the request path: a fresh handle's
-        # first call to a deployment that failed to start would wait forever.
-        self.gate = Gate(config, tiers, tier_handles, embedder, embedder_config.name)
+        self.gate = Gate(config, tiers, embedder)
         # Read from the environment, never from the YAML, so the key is not in version control.
         self.api_key = os.environ.get(config.api_key_env) or None
 
@@ -190,47 +171,26 @@ class Router:
 
     @app.get("/health")
     async def health(self) -> JSONResponse:
-        """Per deployment: the gate's last probe (model, load time, uptime) and Serve's replicas.
-
-        200 while at least one LLM tier can answer ("ok", or "degraded" when something is down,
-        slow to answer its probe, or failing its canary), 503 when none can. Each tier shows its
-        last canary round.
-        """
-        probes = self.gate.status()
+        """Per deployment: the gate's last probe (model, load time, uptime), Serve's replicas and
+        a tier's last canary round; 503 when no LLM tier can answer (`availability.health`)."""
         try:
             serve_status = await asyncio.wait_for(asyncio.to_thread(serve.status), 5)
-        except Exception as e:  # Serve's view is extra detail; the probes decide the status
-            serve_status = e
-        deployments = {
-            **{t: {"role": "llm", **probes.get(t, {"status": "unknown"})} for t in self.tier_names},
-            self.embedder_config.name: {"role": "embedder",
-                                        **probes.get(self.embedder_config.name, {"status": "unknown"})},
-            self.config.name: {"role": "router", "status": "ok"},
-        }
-        if not isinstance(serve_status, BaseException):
             app_status = serve_status.applications.get(serve.get_replica_context().app_name)
-            for name, overview in (app_status.deployments if app_status else {}).items():
-                if name in deployments:
-                    deployments[name]["serve_status"] = overview.status.value
-                    deployments[name]["replicas"] = {
-                        state.value if hasattr(state, "value") else str(state): count
-                        for state, count in overview.replica_states.items()}
-        for tier, round_ in self.gate.canary.items():  # the tier's last canary round
-            deployments[tier]["canary"] = round_
-        # A tier answers when up, even slow, or stalled while no other tier can answer sooner.
-        llm_ok = any(deployments[t]["status"] in ("ok", "slow", "stalled")
-                     and not self.gate.availability.is_down(t) for t in self.tier_names)
-        # A tier failing its canary answers, but wrongly: degraded, not down.
-        all_ok = all(d["status"] == "ok" and not d.get("canary", {}).get("failing")
-                     for d in deployments.values())
-        status = "ok" if all_ok else "degraded" if llm_ok else "unavailable"
-        return JSONResponse({"status": status, "deployments": deployments},
-                            status_code=200 if llm_ok else 503)
+            replicas = {name: {"serve_status": overview.status.value, "replicas": {
+                state.value if hasattr(state, "value") else str(state): count
+                for state, count in overview.replica_states.items()}}
+                for name, overview in (app_status.deployments if app_status else {}).items()}
+        except Exception:  # Serve's view is extra detail; the probes decide the status
+            replicas = None
+        body, status = availability.health(
+            self.gate.availability, [t.name for t in self.gate.ladder], self.embedder.name,
+            self.config.name, self.gate.canary, replicas)
+        return JSONResponse(body, status_code=status)
 
     @app.get("/v1/models")
     async def models(self, request: Request) -> Response:
         self._authorize(request)
-        return as_json(api.model_list([*self.model_ids, self.embedder_config.model_id]))
+        return as_json(api.model_list([*self.gate.model_ids, self.embedder.model_id]))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
@@ -246,9 +206,8 @@ class Router:
 
     async def _generate(self, request: Request, body: ChatCompletionRequest | CompletionRequest,
                         chat: bool):
-        model = body.model or self.model_ids[0]  # as `vllm serve`: no model, the first one
-        if model not in self.model_ids:  # a 404 here spares the router a traceback
-            raise ModelNotFound.named(model, self.model_ids)
+        model = body.model or self.gate.model_ids[0]  # as `vllm serve`: no model, the first one
+        self.gate.entry(model, body.quality and body.quality.tier)  # a 404 or 400 before any work
         # Serve's proxy sets x-request-id (the client's, or a new one) and tags its logs with it.
         request_id = request.headers.get("x-request-id") or new_id("chatcmpl" if chat else "cmpl")
         jobs = api.jobs_of(body, request_id, model)
@@ -274,9 +233,9 @@ class Router:
             for s in streams:
                 await s.aclose()
             raise
-        start = starts[0]["start"]
-        chunks = api.Chunks(request_id, jobs[0], start["model"])
-        headers = {"x-served-by": f"{start['tier']}/{start['model']}", "cache-control": "no-cache"}
+        start = starts[0]
+        chunks = api.Chunks(request_id, jobs[0], start.model)
+        headers = {"x-served-by": f"{start.tier}/{start.model}", "cache-control": "no-cache"}
         return StreamingResponse(
             api.stream_of(chunks, streams, jobs[0].sampling.n, include_usage,
                           lambda e: api_error(e).body()),
@@ -286,8 +245,8 @@ class Router:
     async def embeddings(self, request: Request) -> Response:
         self._authorize(request)
         body = await read_json(request, EmbeddingRequest, self.config.max_body_bytes)
-        if body.model != self.embedder_config.model_id:
-            raise ModelNotFound.named(body.model, [self.embedder_config.model_id], "embedding model")
+        if body.model != self.embedder.model_id:
+            raise ModelNotFound.named(body.model, [self.embedder.model_id], "embedding model")
         vectors, tokens = await self._bounded(self._embed(body.texts()), request)
         if body.dimensions is not None and body.dimensions != vectors.shape[1]:
             raise BadRequest(f"this model returns {vectors.shape[1]} dimensions; "
@@ -297,14 +256,12 @@ class Router:
     async def _embed(self, texts: list[str]) -> Embedded:
         """The request's limits are checked here, at the edge; the embedder merges concurrent
         calls into one encode (`@serve.batch`), and its autoscaler sees each call as load."""
-        check_inputs(texts, self.embedder_config)
-        return await self.embedder.embed.remote(texts)
+        check_inputs(texts, self.embedder.config)
+        return await self.embedder.handle.embed.remote(texts)
 
     @app.post("/v1/quality/score")
     async def quality_score(self, request: Request) -> Response:
         self._authorize(request)
         body = await read_json(request, QualityScoreRequest, self.config.max_body_bytes)
-        if body.model is not None and body.model not in self.model_ids:
-            raise ModelNotFound.named(body.model, self.model_ids)
         reports = await self._bounded(self.gate.score_pairs(body), request)
         return as_json(QualityScores(data=reports))

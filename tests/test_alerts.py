@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from deployments.metrics import SPECS
-from tests.test_metrics import VLLM_SCRAPED
+from tests.support.metrics import VLLM_SCRAPED
 
 RULES = Path(__file__).resolve().parents[1] / "cluster" / "prometheus-rules.yml"
 PROMTOOL = shutil.which("promtool")

@@ -19,6 +19,7 @@ from deployments.protocol import (
     GenerationDelta,
     GenerationResult,
     ServiceUnavailable,
+    StreamReport,
     TokenLogprob,
 )
 
@@ -109,11 +110,11 @@ def test_a_list_of_prompts_is_one_job_each_and_one_answer_numbered_as_vllm_does(
 
 async def events(*deltas, fail: Exception | None = None, quality=None):
     for d in deltas:
-        yield {"delta": d}
+        yield d
     if fail is not None:
         raise fail
     if quality is not None:
-        yield {"quality": quality}
+        yield StreamReport(report=quality)
 
 
 def streamed(job, source, include_usage=False, more=()) -> list[str]:

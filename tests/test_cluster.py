@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from deployments.config import GraphConfig
-from deployments.llm import gpu_budget
-from deployments.memory import GIB, MemoryBudgetError, check
+from deployments import memory
+from deployments.memory import GIB, MemoryBudgetError
 from tests.helpers import generator
 
 GPU_PROFILE = Path("cluster/serve_config.gpu.yaml")
@@ -25,8 +25,9 @@ def profile_args() -> dict:
 def preflight(tier) -> float:
     """The tier's memory preflight on its share of the profile's GPU, as its replica runs it."""
     cfg = json.loads((CONFIGS / f"{tier.model_id}.json").read_text())
-    available, where = gpu_budget(tier, int(GPU_GIB * GIB))
-    return check(cfg, tier.dtype, tier.max_model_len, None, available, where).total_bytes / GIB
+    return memory.preflight(cfg, tier.dtype, tier.max_model_len, tier.kv_cache_gib,
+                            (int(GPU_GIB * GIB), tier.deployment.num_gpus,
+                             tier.gpu_memory_utilization), 0, 0)["estimate_gib"]
 
 
 def test_rayservice_embeds_the_gpu_profile_and_is_current():

@@ -1,20 +1,16 @@
-"""The metric names the dashboard and README use are the ones the code defines."""
+"""The metric names the dashboard and the docs use are the ones the code defines."""
 
+import glob
 import json
 import re
 
 import yaml
 
 from deployments.metrics import SPECS
+from tests.support.metrics import VLLM_SCRAPED
 
 # vLLM's metric names the dashboard may use; tests/e2e/test_observability.py checks them against a
 # live scrape of the real graph.
-VLLM_SCRAPED = {
-    "ray_vllm_time_to_first_token_seconds_bucket", "ray_vllm_inter_token_latency_seconds_bucket",
-    "ray_vllm_e2e_request_latency_seconds_bucket", "ray_vllm_prompt_tokens_total",
-    "ray_vllm_generation_tokens_total", "ray_vllm_num_requests_running",
-    "ray_vllm_num_requests_waiting", "ray_vllm_request_success_total",
-}
 
 
 def test_dashboard_and_readme_name_only_metrics_that_exist():
@@ -32,8 +28,10 @@ def test_dashboard_and_readme_name_only_metrics_that_exist():
         records = {r["record"] for g in yaml.safe_load(f)["groups"] for r in g["rules"] if "record" in r}
     rules = {m for e in exprs for m in re.findall(r"\bgraphserve:[a-z0-9_:]+", e)}
     assert rules and rules <= records, rules - records
-    with open("README.md") as f:
-        readme = f.read()
+    readme = ""
+    for name in ["README.md", *sorted(glob.glob("docs/*.md"))]:
+        with open(name) as f:
+            readme += f.read() + "\n"
     assert all(s.name in readme for s in SPECS.values())
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import openai
 import pytest
 
-from tests.helpers import call_deployment, wait_until
+from tests.helpers import wait_until
+from tests.support.engine import LONG, engine_running
 
 CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
@@ -256,21 +257,12 @@ def test_health_reports_each_deployment(http):
                for d in deployments.values())
 
 
-def engine_running() -> int:
-    """Requests in the fast tier's engine now, asked of its replica (not /health's last probe,
-    which can be 2 s old)."""
-    return call_deployment("fast", "graphserve", "running_requests")
-
-
 def aborted_within(seconds: float) -> float:
     """Seconds until the fast tier's engine holds no request; fails past `seconds`."""
     started = time.monotonic()
     wait_until(lambda: engine_running() == 0, seconds, "the engine to abort the request", 0.1)
     return time.monotonic() - started
 
-
-LONG = {"model": CHAT, "max_tokens": 800, "temperature": 0,  # 800 tokens of a story here
-        "messages": [{"role": "user", "content": "Write a very long story about a dragon."}]}
 
 
 def test_client_disconnect_mid_stream_aborts_generation(http, base_url):

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import BASE, config_args, deploy, variant, wait_until
-from tests.e2e.test_observability import scrape, value
+from tests.support.metrics import scrape, value
 
 APP = "canary"
 INTERVAL_S = 5.0

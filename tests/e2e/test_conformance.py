@@ -1,5 +1,6 @@
 """The graph against `vllm serve` on the same weights: the differential table of
-`tests/conformance.py`, every row equal or a deliberate difference that the README lists."""
+`tests/e2e/conformance.py`, every row equal or a deliberate difference that docs/compatibility.md
+lists."""
 
 import json
 import re
@@ -7,7 +8,7 @@ import re
 import pytest
 
 from benchmarks.peers import VLLMServer
-from tests import conformance
+from tests.e2e import conformance
 from tests.e2e.conftest import PORT
 from tests.helpers import ROOT
 
@@ -26,8 +27,8 @@ def vllm_url(tmp_path_factory):
 
 
 def documented_rows() -> set[str]:
-    """The rows README's "Differences from vLLM's server" table names."""
-    readme = (ROOT / "README.md").read_text()
+    """The rows docs/compatibility.md's "Differences from vLLM's server" table names."""
+    readme = (ROOT / "docs" / "compatibility.md").read_text()
     section = re.split(r"\n#+ ", readme.split("### Differences from vLLM's server", 1)[1])[0]
     return set(re.findall(r"`((?:chat|text|models)\.[a-z0-9_]+)`", section))
 
@@ -41,7 +42,8 @@ def test_every_row_is_equal_to_vllm_or_a_documented_difference(base_url, vllm_ur
     unexplained = {o.row.name: o.diffs for o in outcomes if o.row.name in summary["unexplained"]}
     assert not unexplained, f"differences from vLLM with no reason given: {unexplained}"
     assert not summary["stale_deliberate"], "listed as different, yet equal now"
-    assert documented_rows() == set(conformance.DELIBERATE), "README's list and DELIBERATE differ"
+    assert documented_rows() == set(conformance.DELIBERATE), \
+        "docs/compatibility.md's list and DELIBERATE differ"
 
 
 def test_a_json_answer_is_checked_by_the_quality_report(client):

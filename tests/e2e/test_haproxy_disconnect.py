@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import wait_until
-from tests.e2e.test_api import LONG, engine_running
+from tests.support.engine import LONG, engine_running
 
 TRIES = 6
 pytestmark = pytest.mark.skipif(

@@ -5,36 +5,11 @@ import os
 import time
 import uuid
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import METRICS_PORT
-from tests.test_metrics import VLLM_SCRAPED
+from tests.support.metrics import VLLM_SCRAPED, scrape, value
 
 CHAT = "smollm2-135m-instruct"
 APP = "graphserve"
-
-
-def scrape(app: str = APP) -> dict[tuple[str, frozenset], float]:
-    """Every sample of one app (and vLLM's), summed over replicas: (name, labels) -> value."""
-    text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text
-    out: dict[tuple[str, frozenset], float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = {k: v for k, v in s.labels.items()
-                      if k not in ("replica", "ReplicaId", "SessionName", "NodeAddress",
-                                   "Version", "Component", "WorkerId", "JobId", "engine")}
-            if labels.get("application", app) != app:
-                continue
-            key = (s.name, frozenset(labels.items()))
-            out[key] = out.get(key, 0.0) + s.value
-    return out
-
-
-def value(samples, name: str, **labels) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    want = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
 
 
 EXPORT_S = 6  # longer than the export period set in conftest (5 s)

@@ -15,7 +15,7 @@ import ray
 from ray import serve
 
 from deployments.config import DeploymentOptions, LLMConfig, assigned
-from deployments.llm import gpu_memory_utilization
+from deployments.memory import gpu_memory_utilization
 
 
 @serve.deployment
@@ -30,7 +30,9 @@ class Where:
         gpus = assigned(self.tier.deployment)["GPU"]  # as LLMDeployment reads it
         return {"replica": serve.get_replica_context().replica_id.unique_id,
                 "gpu_ids": context.get_accelerator_ids().get("GPU", []),
-                "gpus": gpus, "gpu_memory_utilization": gpu_memory_utilization(self.tier, gpus)}
+                "gpus": gpus,
+                "gpu_memory_utilization": gpu_memory_utilization(self.tier.gpu_memory_utilization,
+                                                                 gpus)}
 
 
 def probe_app(args: dict):

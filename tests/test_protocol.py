@@ -1,13 +1,10 @@
-"""Config tree and protocol validation: what a bad YAML or a bad body turns into."""
+"""The OpenAI protocol models: what a bad body turns into, and how a request becomes sampling."""
 
 import pytest
-import yaml
 from pydantic import ValidationError
 
-from deployments.config import DeploymentOptions, GraphConfig, LLMConfig
-from deployments.llm import engine_dtype, gpu_memory_utilization, resolve_max_tokens
+from deployments.config import SamplingDefaults
 from deployments.protocol import (
-    BadRequest,
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
@@ -15,66 +12,6 @@ from deployments.protocol import (
     QualityOverride,
     Sampling,
 )
-
-
-def serve_args() -> dict:
-    with open("serve_config.yaml") as f:
-        return yaml.safe_load(f)["applications"][0]["args"]
-
-
-def test_serve_config_is_valid_ray_serve_and_graph_config():
-    from ray.serve.schema import ServeDeploySchema
-
-    with open("serve_config.yaml") as f:
-        ServeDeploySchema.model_validate(yaml.safe_load(f))
-    cfg = GraphConfig.model_validate(serve_args())
-    assert [t.name for t in cfg.tiers] == ["fast", "careful"]
-    assert cfg.embedder.model_id == "all-minilm-l6-v2"
-
-
-def test_app_builder_builds_the_graph_without_starting_ray():
-    import graph
-
-    app = graph.app_builder(serve_args())
-    assert app is not None
-
-
-def test_config_rejects_typos_and_duplicate_names():
-    with pytest.raises(ValidationError):
-        GraphConfig.model_validate({"tiers": [{"name": "a", "max_modle_len": 5}]})
-    with pytest.raises(ValidationError):
-        GraphConfig.model_validate({"tiers": [{"name": "router"}]})
-
-
-def test_deployment_options_map_to_serve():
-    opts = DeploymentOptions(num_gpus=0.5, resources={"llm_node": 1}).serve_options("llm")
-    assert opts["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.5, "resources": {"llm_node": 1}}
-    auto = DeploymentOptions.model_validate({"autoscaling": {"max_replicas": 3}}).serve_options("x")
-    assert auto["num_replicas"] == "auto" and auto["autoscaling_config"]["max_replicas"] == 3
-
-
-def test_dtype_and_gpu_fraction():
-    assert engine_dtype("auto", has_cuda=False, cpu_has_bf16=False) == "float32"
-    assert engine_dtype("auto", has_cuda=False, cpu_has_bf16=True) == "bfloat16"
-    assert engine_dtype("auto", has_cuda=True, cpu_has_bf16=False) == "auto"
-    assert engine_dtype("float16", has_cuda=False, cpu_has_bf16=False) == "float16"
-    half = LLMConfig(name="a", deployment=DeploymentOptions(num_gpus=0.5))
-    assert gpu_memory_utilization(half) == 0.45
-    assert gpu_memory_utilization(LLMConfig(name="a", gpu_memory_utilization=0.3)) == 0.3
-
-
-def test_max_tokens_caps_and_context():
-    cfg = LLMConfig(name="a", max_model_len=100, max_tokens_cap=50)
-    assert resolve_max_tokens(Sampling(), cfg, prompt_tokens=90) == 10  # default fits the room
-    assert resolve_max_tokens(Sampling(max_tokens=5), cfg, 10) == 5
-    with pytest.raises(BadRequest, match="at most 50") as e:
-        resolve_max_tokens(Sampling(max_tokens=51), cfg, 10)
-    assert e.value.param == "max_tokens"
-    with pytest.raises(BadRequest, match="context of 100"):
-        resolve_max_tokens(Sampling(max_tokens=20), cfg, 90)
-    with pytest.raises(BadRequest, match="100 tokens") as e:
-        resolve_max_tokens(Sampling(), cfg, 100)
-    assert e.value.code == "context_length_exceeded"
 
 
 @pytest.mark.parametrize("body, field", [
@@ -100,14 +37,14 @@ def test_chat_request_validation_names_the_field(body, field):
 
 
 def test_vllm_s_request_semantics():
-    """Where OpenAI leaves room, `vllm serve`'s reading (tests/conformance.py checks it live)."""
+    """Where OpenAI leaves room, `vllm serve`'s reading (tests/e2e/conformance.py checks it live)."""
     user = [{"role": "user", "content": "x"}]
     both = ChatCompletionRequest.model_validate(
         {"messages": user, "max_tokens": 20, "max_completion_tokens": 4})
     assert both.model is None and both.max_tokens == 4  # no model: the first; the newer field wins
     chat = ChatCompletionRequest.model_validate({"model": "m", "messages": user, "n": 2,
                                                  "stream": True, "logit_bias": {"7042": -100}})
-    assert chat.logit_bias_ids() == {7042: -100}
+    assert chat.sampling().logit_bias == {7042: -100}
     schema = {"type": "object"}
     formats = [({"type": "text"}, None), ({"type": "json_object"}, {"json_object": True}),
                ({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
@@ -140,3 +77,37 @@ def test_api_errors_survive_pickling_with_their_fields():
     assert err.status == 404 and err.param == "model"
     assert err.body() == {"error": {"message": "no such model", "type": "invalid_request_error",
                                     "param": "model", "code": "model_not_found"}}
+
+
+def test_a_request_becomes_engine_sampling_in_one_step():
+    """Every sampling field the wire model shares with `Sampling` carries over by name; the few
+    that change shape are converted; what the client left unset stays None."""
+    chat = ChatCompletionRequest.model_validate({
+        "model": "m", "messages": [{"role": "user", "content": "x"}], "n": 2, "temperature": 0.5,
+        "top_p": 0.9, "seed": 3, "presence_penalty": 0.5, "frequency_penalty": -0.5,
+        "repetition_penalty": 1.1, "top_k": 20, "min_p": 0.05, "min_tokens": 2, "stop": "END",
+        "max_completion_tokens": 9, "logprobs": True, "top_logprobs": 3,
+        "response_format": {"type": "json_object"}})
+    assert chat.sampling() == Sampling(
+        n=2, max_tokens=9, temperature=0.5, top_p=0.9, stop=["END"], seed=3, presence_penalty=0.5,
+        frequency_penalty=-0.5, repetition_penalty=1.1, top_k=20, min_p=0.05, min_tokens=2,
+        structured={"json_object": True}, top_logprobs=3)
+    bare = CompletionRequest.model_validate({"model": "m", "prompt": "x", "logprobs": 2}).sampling()
+    assert (bare.temperature, bare.top_p, bare.repetition_penalty, bare.max_tokens) == (
+        None, None, None, 16)
+    assert bare.top_logprobs == 2 and bare.stop == [] and bare.presence_penalty == 0.0
+    # Every field of the wire model that vLLM samples with is read (a new one must be mapped).
+    shared = set(Sampling.model_fields) & set(ChatCompletionRequest.model_fields)
+    assert shared >= {"n", "max_tokens", "temperature", "top_p", "seed", "top_k", "min_p"}
+
+
+def test_defaults_fill_only_what_the_client_left_unset():
+    defaults = SamplingDefaults(temperature=0.7, top_p=0.95, repetition_penalty=1.05)
+    filled = Sampling().with_defaults(defaults)
+    assert (filled.temperature, filled.top_p, filled.repetition_penalty) == (0.7, 0.95, 1.05)
+    assert (filled.top_k, filled.min_p, filled.max_tokens) == (0, 0.0, None)
+    given = Sampling(temperature=0, top_p=0.5, repetition_penalty=1.0, top_k=5)
+    assert given.with_defaults(defaults) == given.model_copy(update={"min_p": 0.0})
+    assert filled.with_defaults(defaults) == filled  # applying twice changes nothing
+    fields = filled.engine_fields()
+    assert "structured" not in fields and "max_tokens" not in fields and fields["temperature"] == 0.7

@@ -5,9 +5,9 @@ texts at temperature 0, finish reasons, usage, logprobs shapes and tokens, the s
 
 `tests/e2e/test_conformance.py` runs it against a `vllm serve` it starts; by hand:
 
-    python -m tests.conformance --graph http://127.0.0.1:8000 --vllm http://127.0.0.1:8100
+    python -m tests.e2e.conformance --graph http://127.0.0.1:8000 --vllm http://127.0.0.1:8100
 
-Every row must come out equal, or be listed in `DELIBERATE` with the reason (README,
+Every row must come out equal, or be listed in `DELIBERATE` with the reason (docs/compatibility.md,
 "Differences from vLLM's server", says the same).
 """
 
@@ -195,7 +195,7 @@ ROWS: list[Row] = [
     Row("models.list", "/v1/models", None),
 ]
 
-# Rows whose outcome differs from vLLM's on purpose, and why (README lists them too).
+# Rows whose outcome differs from vLLM's on purpose, and why (docs/compatibility.md lists them too).
 DELIBERATE: dict[str, str] = {
     "chat.unknown_role": "400: OpenAI's roles only (system, developer, user, assistant, tool); "
                          "vLLM hands any role to the chat template",
@@ -340,7 +340,7 @@ def differences(row: Row, ours: Seen, theirs: Seen) -> list[str]:
     if ours.status != theirs.status:
         return [f"status {ours.status} vs vLLM {theirs.status}"]
     if ours.status != 200:
-        return []  # both refused: error bodies differ by design (README), statuses agree
+        return []  # both refused: error bodies differ by design (docs/compatibility.md), statuses agree
     out = []
     for key in sorted(set(ours.view) | set(theirs.view)):
         a, b = ours.view.get(key), theirs.view.get(key)

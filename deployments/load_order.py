@@ -1,0 +1,32 @@
+"""`tier_load_order: in_turn`: the engines of one app on one CPU host load one after another.
+
+Each turn holds an flock in /tmp while it loads and waits for the earlier turns' locks on this
+host, so the first tier does not share the cores while it loads; engines on other hosts have cores
+of their own and do not wait. A turn whose predecessors have not started yet simply goes first.
+Side by side is the default: benchmarks/results/recovery.md compares the two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import tempfile
+from pathlib import Path
+
+
+@contextlib.asynccontextmanager
+async def loading_in_turn(turn: int, app: str):
+    folder = Path(tempfile.gettempdir()) / f"graphserve-load-{app}"
+    folder.mkdir(exist_ok=True)
+    mine = open(folder / f"{turn}.lock", "w")
+    try:
+        await asyncio.to_thread(fcntl.flock, mine, fcntl.LOCK_EX)
+        for earlier in range(turn):
+            path = folder / f"{earlier}.lock"
+            if path.exists():
+                with open(path) as held:
+                    await asyncio.to_thread(fcntl.flock, held, fcntl.LOCK_SH)
+        yield
+    finally:
+        mine.close()  # releases the lock
