@@ -41,7 +41,7 @@ def recorded(name: str, legend: str) -> dict:
 
 
 PANELS = [
-    # The objectives first (recording rules of cluster/prometheus-rules.yml; README "Operations").
+    # The objectives first (recording rules of cluster/prometheus-rules.yml; docs/operations.md).
     ("Availability: 5xx share (objective: under 1 %)", "percentunit", [
         recorded("graphserve:request_errors:ratio_rate5m", "5 min"),
         recorded("graphserve:request_errors:ratio_rate1h", "1 h"),

@@ -31,7 +31,7 @@ class AutoscalingConfig(Strict):
 
 
 class DeploymentOptions(Strict):
-    """The Ray Serve knobs of one deployment (see README, "Config keys")."""
+    """The Ray Serve knobs of one deployment (docs/config.md)."""
 
     num_replicas: int | None = Field(1, ge=1)
     autoscaling: AutoscalingConfig | None = None
@@ -136,8 +136,8 @@ class LLMConfig(Strict):
         "with the one they agree with most (self-consistency)",
     )
     consensus_temperature: float = Field(
-        0.3, gt=0, le=2, description="temperature of a consensus tier's samples (benchmarks/"
-        "consensus_sweep.py: +7 points over greedy at 0.3, +5 at 0.7 for SmolLM2-135M)",
+        0.3, gt=0, le=2, description="temperature of a consensus tier's samples (the sweep over "
+        "temperatures: benchmarks/consensus_sweep.py)",
     )
     sampling: SamplingDefaults = Field(default_factory=SamplingDefaults)
     deployment: DeploymentOptions = Field(
@@ -167,7 +167,7 @@ class EmbedderConfig(Strict):
 
 
 class QualityConfig(Strict):
-    """How an answer is scored; see deployments/quality.py and the README."""
+    """How an answer is scored; see deployments/quality.py and docs/quality-gate.md."""
 
     enabled: bool = True
     threshold: float | None = Field(

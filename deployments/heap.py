@@ -1,10 +1,10 @@
 """Freed heap memory handed back to the OS, in the embedder and inside vLLM's worker process.
 
 glibc keeps the pages of freed allocations for reuse, and model serving frees many of every size:
-each batch has a shape of its own (texts x longest text, sequences x tokens). Without this, 600
-encodes of random batches grew the embedder's model from 1.1 to 1.8 GiB; with a release after each
-encode it stayed at 0.61-0.63 GiB, for about 6 % more time (`python -m benchmarks.heap`). No Ray,
-no vLLM import.
+each batch has a shape of its own (texts x longest text, sequences x tokens), so a serving
+process's heap grows with the shapes it has seen. `release_freed_memory` after each encode (and
+on a period in the worker) keeps it flat for a few percent more time (`python -m benchmarks.heap`;
+figures in benchmarks/RESULTS.md). No Ray, no vLLM import.
 """
 
 from __future__ import annotations

@@ -200,28 +200,3 @@ def test_streamed_choices_and_prompts_are_numbered_and_closed_each_with_usage_su
     chat = streamed(chat_job(n=2, temperature=1), events(*deltas("x", 4)))
     roles = [json.loads(x)["choices"][0]["index"] for x in chat[:2]]
     assert roles == [0, 1]  # a role chunk opens each choice, as vLLM's stream does
-
-
-def test_all_of_cancels_the_rest_when_one_fails_and_lets_them_end_first():
-    from deployments.router import all_of
-
-    ended = []
-
-    async def slow():
-        try:
-            await asyncio.sleep(30)
-        finally:
-            ended.append("slow")
-
-    async def failing():
-        await asyncio.sleep(0.01)
-        raise ServiceUnavailable("tier down")
-
-    async def run():
-        try:
-            await all_of([slow(), failing()])
-        except ServiceUnavailable:
-            return list(ended)  # what had ended when the failure reached the caller
-
-    assert asyncio.run(run()) == ["slow"]
-    assert asyncio.run(all_of(asyncio.sleep(0, result=i) for i in range(3))) == [0, 1, 2]

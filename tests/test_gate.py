@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from ray.serve.exceptions import DeploymentUnavailableError
 
-from deployments import metrics
 from deployments.config import EmbedderConfig, LLMConfig, RouterConfig, SamplingDefaults
 from deployments.gate import Gate
 from deployments.policy import Attempt
@@ -27,12 +26,7 @@ from deployments.tier import Downstream, Tier, by_model
 from tests.support.fakes import FakeHandle
 
 
-@pytest.fixture(autouse=True)
-def counted(monkeypatch):
-    seen = []
-    monkeypatch.setattr(metrics, "inc", lambda name, value=1.0, **tags: seen.append((name, tags)))
-    monkeypatch.setattr(metrics, "observe", lambda name, value, **tags: None)
-    return seen
+pytestmark = pytest.mark.usefixtures("counted")  # tests/conftest.py
 
 
 def tier_handle(name: str, answers: list[str]) -> FakeHandle:

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from ray.serve.exceptions import DeploymentUnavailableError
 
-from deployments import metrics
 from deployments.availability import Availability
 from deployments.config import EmbedderConfig, LLMConfig, QualityConfig
 from deployments.policy import Cost
@@ -23,13 +22,7 @@ from deployments.tier import Downstream, Tier
 from tests.support.fakes import FakeHandle
 
 
-@pytest.fixture(autouse=True)
-def counted(monkeypatch):
-    """The metrics each test recorded, instead of Ray's exporter."""
-    seen = []
-    monkeypatch.setattr(metrics, "inc", lambda name, value=1.0, **tags: seen.append((name, tags)))
-    monkeypatch.setattr(metrics, "observe", lambda name, value, **tags: seen.append((name, tags)))
-    return seen
+pytestmark = pytest.mark.usefixtures("counted")  # tests/conftest.py
 
 
 def result(text: str, samples: tuple[str, ...] = ()) -> GenerationResult:

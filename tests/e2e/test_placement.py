@@ -75,7 +75,7 @@ def test_a_deployments_entry_in_the_serve_config_overrides_the_args(base_url):
     from ray.serve.schema import ServeDeploySchema
 
     # The args say: one replica, no GPU. The config's `deployments:` entry says: autoscaling with
-    # 2 replicas at least, half a GPU each. Ray's layer wins (README, "Config layers").
+    # 2 replicas at least, half a GPU each. Ray's layer wins (docs/config.md, "Config layers").
     args = LLMConfig(name="probe", deployment=DeploymentOptions(
         num_replicas=1, num_gpus=0, num_cpus=0.01)).model_dump()
     config = ServeDeploySchema.model_validate({"applications": [{

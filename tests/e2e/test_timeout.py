@@ -28,7 +28,7 @@ def test_a_request_over_the_timeout_gets_504(base_url):
         took = time.monotonic() - started
         print(f"\n2048 inputs with a 1 s limit: {r.status_code} after {took:.1f} s")
         # 1 s of waiting plus the proxy and the router on a 2-core host that the encoder keeps
-        # busy (README: about 1.1 s)
+        # busy (docs/testing.md: about 1.1 s)
         assert r.status_code == 504 and took < 2.5
         error = r.json()["error"]
         assert error["code"] == "request_timeout" and "1 s" in error["message"]

@@ -1,0 +1,32 @@
+"""Engines of one app on one host load in turn: a later turn waits for every earlier one."""
+
+import asyncio
+import uuid
+
+from deployments.load_order import loading_in_turn
+
+
+def test_a_later_turn_waits_for_the_earlier_one_and_a_first_turn_does_not_wait():
+    app = f"test-{uuid.uuid4().hex[:8]}"
+    order = []
+
+    async def load(turn, seconds):
+        async with loading_in_turn(turn, app):
+            order.append(f"start {turn}")
+            await asyncio.sleep(seconds)
+            order.append(f"end {turn}")
+
+    async def scenario():
+        first = asyncio.ensure_future(load(0, 0.3))
+        await asyncio.sleep(0.05)  # turn 0 holds its lock
+        await asyncio.gather(first, load(1, 0))
+
+    asyncio.run(scenario())
+    assert order == ["start 0", "end 0", "start 1", "end 1"]
+    alone = f"test-{uuid.uuid4().hex[:8]}"  # no earlier turn ever started: go at once
+
+    async def late():
+        async with loading_in_turn(2, alone):
+            return "loaded"
+
+    assert asyncio.run(asyncio.wait_for(late(), 5)) == "loaded"
