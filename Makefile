@@ -115,10 +115,19 @@ soak: setup
 	$(PY) -m benchmarks.soak --minutes 15
 
 # The gate's calibration from the served model's own answers: ask the running graph (`make serve`
-# in another shell) every checkable question, then refit deployments/quality_calibration.json.
+# in another shell) every question of each labelled JSONL in QUESTIONS, then fit a calibration
+# for TIER (recording its model, dtype and sampling) and write it to OUT. Any model, any questions:
+#   make calibrate QUESTIONS=my_questions.jsonl TIER=fast NEXT_TIER=careful OUT=my_calibration.json
+QUESTIONS ?= benchmarks/data/templated_questions.jsonl benchmarks/data/natural_questions.jsonl
+TIER ?=
+NEXT_TIER ?= careful
+OUT ?= deployments/quality_calibration.json
 calibrate: setup
-	$(PY) -m benchmarks.calibrate collect
-	$(PY) -m benchmarks.calibrate fit
+	@for q in $(QUESTIONS); do \
+	  $(PY) -m benchmarks.calibrate collect --questions $$q $(if $(TIER),--tier $(TIER)) \
+	    $(if $(NEXT_TIER),--next-tier $(NEXT_TIER)) || exit 1; done
+	$(PY) -m benchmarks.calibrate fit --out $(OUT) --answers $(foreach q,$(QUESTIONS),\
+	  benchmarks/data/answers_$(subst _questions,,$(basename $(notdir $(q)))).jsonl)
 
 clean:
 	rm -rf $(VENV)

@@ -1,23 +1,30 @@
-"""Calibrate the quality gate on what the served model actually says (`make calibrate`).
+"""Calibrate the quality gate on what a served model actually says (`make calibrate`).
 
-    python -m benchmarks.calibrate collect [--url URL]   # ask the running graph, label, store
-    python -m benchmarks.calibrate fit                   # fit on the fit split, report on the rest
+    python -m benchmarks.calibrate collect --questions FILE.jsonl [--tier T --next-tier N]
+    python -m benchmarks.calibrate relabel     # re-judge stored answers with the current matcher
+    python -m benchmarks.calibrate fit [--answers FILE.jsonl ...] [--out CALIBRATION.json]
 
-`collect` sends every question of benchmarks/questions.py to the running graph (greedy, 64 tokens,
-one attempt: the entry tier's answer as a user gets it), judges each answer with the matcher, and
-stores the answer, its label and every signal the router computed (`quality.components`), plus the
-answer's likelihood under the next tier (`/v1/quality/score`, a prefill) in
-benchmarks/data/answers.jsonl. `fit` is offline and deterministic: a logistic regression on the fit
-split, written to deployments/quality_calibration.json with the threshold for the stated operating
-point; the report (AUC of each signal alone and of the calibrated score beside an answer-length
-baseline, on the test split and the held-out kind, pass rates at the threshold) goes to
-benchmarks/results/quality_calibration.{json,md}.
+`collect` sends every question of a labelled JSONL (id, prompt, expected, aliases, judge, and a
+`kind` or `topic`) to the running graph as a user's request (greedy, 64 tokens, one attempt, the
+graph's consistency samples), judges each answer with the matcher (benchmarks/questions.py), and
+stores answer, label, every signal the router computed, the answer's likelihood under the next
+tier, and the model, dtype and sampling it was made with, in data/answers_<set>.jsonl.
+
+`fit` is offline and deterministic. Training rows: the `fit` split of every answers file. The
+feature set and regularisation are chosen by the mean AUC *within* a kind of question, on
+predictions for kinds left out of the fit (so the score ranks answers, not kinds); a Platt map
+fitted on those left-out predictions turns the logit into a probability that holds off the
+fit's kinds. Reported (results/quality_calibration.{json,md}, a reliability diagram): the
+templated set's test split and held-out kind, and the hand-written set's test half scored
+leave-one-topic-out, each with AUC beside answer length, a constant per kind, the within-kind
+AUC, Brier against the base rate, ECE, and the pass rates at the threshold.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import math
 import sys
@@ -26,46 +33,101 @@ from pathlib import Path
 import httpx
 
 from benchmarks import load
-from benchmarks.questions import Question, build_questions, judge, split_of
+from benchmarks.questions import HELD_OUT, Question, judge
 
 ROOT = Path(__file__).resolve().parent
-ANSWERS = ROOT / "data" / "answers.jsonl"
+DATA = ROOT / "data"
 RESULTS = ROOT / "results"
-MODEL = "smollm2-135m-instruct"
+QUESTION_SETS = {"templated": DATA / "templated_questions.jsonl",
+                 "natural": DATA / "natural_questions.jsonl"}
 MAX_TOKENS = 64
-NEXT_TIER = "careful"  # the tier after the entry one in serve_config.yaml
-# Signals the calibrated score may use (all generic). Answer length is the baseline, never a feature.
-FEATURES = ["mean_logprob", "min_logprob", "p10_logprob", "mean_entropy", "agreement", "overlap",
-            "consistency", "relevance", "repetition", "completeness"]
-# Regularisation strengths tried; the one with the best leave-one-kind-out AUC on the fit split
-# wins, so the choice favours what carries over to a kind of question the fit never saw.
+# Signal sets the fit chooses among (answer length is the baseline, never a feature). The
+# narrower ones leave out what tells kinds of question apart more than right from wrong.
+_HEAD = ["head_mean_logprob", "head_min_logprob", "head_mean_entropy"]
+_CONFIDENCE = ["mean_logprob", "min_logprob", "p10_logprob", "mean_entropy", "agreement", "overlap",
+               "consistency"]
+FEATURE_SETS = {
+    "all": [*_CONFIDENCE, *_HEAD, "relevance", "repetition", "completeness"],
+    "confidence": [*_CONFIDENCE, *_HEAD],
+    "confidence+form": [*_CONFIDENCE, *_HEAD, "repetition", "completeness"],
+    "head+agreement": [*_HEAD, "agreement", "overlap", "consistency"],
+}
 C_GRID = [0.003, 0.01, 0.03, 0.1, 0.3, 1.0]
-# The operating point: the highest threshold that still passes this share of right answers on
-# the fit split (a gate that blocks good answers costs retries and latency for nothing).
+# The operating point: the highest threshold that still passes this share of right answers
+# (out-of-kind predictions on the fit split): blocking good answers costs retries for nothing.
 RIGHT_PASS_TARGET = 0.85
+BINS = 10  # equal-width probability bins for ECE and the reliability diagram
 
 
-async def ask(client: httpx.AsyncClient, q: Question, tier: str | None) -> dict:
-    quality = {"max_attempts": 1, **({"tier": tier} if tier else {})}
+# ---------------------------------------------------------------------------------------------
+# Questions and answers
+# ---------------------------------------------------------------------------------------------
+
+
+def load_questions(path: Path) -> list[dict]:
+    """A labelled JSONL as question rows: `kind` is the topic for hand-written sets."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [{**r, "kind": r.get("kind") or r["topic"], "aliases": r.get("aliases", []),
+             "split": r.get("split") or half_split(r["id"]), "set": set_name(path)} for r in rows]
+
+
+def set_name(question_file: Path) -> str:
+    return question_file.stem.removesuffix("_questions")
+
+
+def half_split(question_id: str) -> str:
+    """Hand-written sets: half of each set fits, half is reported on (leave-one-topic-out)."""
+    return "fit" if int(hashlib.sha1(question_id.encode()).hexdigest(), 16) % 2 == 0 else "test"
+
+
+def question_of(row: dict) -> Question:
+    return Question(**{k: row[k] for k in Question.__dataclass_fields__})
+
+
+def answers_file(question_file: Path) -> Path:
+    return DATA / f"answers_{set_name(question_file)}.jsonl"
+
+
+def load_rows(paths: list[Path] | None = None) -> list[dict]:
+    paths = paths or [answers_file(p) for p in QUESTION_SETS.values()]
+    return [json.loads(line) for p in paths for line in p.read_text().splitlines() if line.strip()]
+
+
+def relabel(path: Path) -> int:
+    """Judge a stored answers file again with the current matcher; returns how many changed."""
+    rows = load_rows([path])
+    changed = 0
+    for r in rows:
+        right = judge(question_of(r), r["answer"])
+        changed += right != r["right"]
+        r["right"] = right
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return changed
+
+
+async def ask(client: httpx.AsyncClient, q: dict, model: str, tier: str | None,
+              samples: int) -> dict:
+    quality = {"max_attempts": 1, "samples": samples, **({"tier": tier} if tier else {})}
     r = await client.post("/v1/chat/completions", json={
-        "model": MODEL, "messages": [{"role": "user", "content": q.prompt}], "temperature": 0,
+        "model": model, "messages": [{"role": "user", "content": q["prompt"]}], "temperature": 0,
         "max_tokens": MAX_TOKENS, "quality": quality})
     r.raise_for_status()
     body = r.json()
     choice = body["choices"][0]
     answer = choice["message"]["content"]
-    return {**q.to_dict(), "split": split_of(q), "answer": answer,
-            "finish_reason": choice["finish_reason"],
-            "completion_tokens": body["usage"]["completion_tokens"], "right": judge(q, answer),
-            "signals": body["quality"]["components"], "served_score": body["quality"]["score"]}
+    return {**q, "answer": answer, "finish_reason": choice["finish_reason"],
+            "completion_tokens": body["usage"]["completion_tokens"],
+            "right": judge(question_of(q), answer), "signals": body["quality"]["components"],
+            "served_score": body["quality"]["score"], "tier": body["quality"]["tier"]}
 
 
-async def cross_tier(client: httpx.AsyncClient, rows: list[dict], next_tier: str) -> None:
+async def cross_tier(client: httpx.AsyncClient, rows: list[dict], model: str,
+                     next_tier: str) -> None:
     """The next tier's mean logprob of each answer (in the default graph: the same model)."""
     for i in range(0, len(rows), 32):
         chunk = rows[i:i + 32]
         r = await client.post("/v1/quality/score", json={
-            "model": MODEL, "tier": next_tier,
+            "model": model, "tier": next_tier,
             "pairs": [{"prompt": x["prompt"], "answer": x["answer"] or " "} for x in chunk]})
         r.raise_for_status()
         for row, report in zip(chunk, r.json()["data"]):
@@ -73,23 +135,60 @@ async def cross_tier(client: httpx.AsyncClient, rows: list[dict], next_tier: str
                 row["signals"]["cross_tier_logprob"] = report["components"]["mean_logprob"]
 
 
-async def collect(url: str, concurrency: int, out: Path, tier: str | None) -> list[dict]:
+async def loaded(client: httpx.AsyncClient, tier: str | None, limit_s: float = 900) -> dict:
+    """/health's deployments once the tier (else every tier) has loaded its model."""
+    deadline = asyncio.get_running_loop().time() + limit_s
+    while True:
+        try:
+            health = (await client.get("/health")).json().get("deployments", {})
+        except (httpx.HTTPError, ValueError):
+            health = {}
+        tiers = [n for n, d in health.items() if d.get("role") == "llm" and (tier in (None, n))]
+        if tiers and all("model" in health[n] for n in tiers):
+            return health
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"no loaded tier after {limit_s:.0f} s: {health}")
+        await asyncio.sleep(5)
+
+
+async def collect(url: str, questions_file: Path, model: str | None, tier: str | None,
+                  next_tier: str | None, samples: int, sample_temperature: float,
+                  concurrency: int, out: Path) -> list[dict]:
     from tqdm import tqdm
 
-    questions = build_questions()
-    order = {q.id: i for i, q in enumerate(questions)}
+    questions = load_questions(questions_file)
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        bar = tqdm(total=len(questions), desc="questions", unit="q")
+        health = await loaded(client, tier)
+        tiers = [name for name, d in health.items() if d.get("role") == "llm"]
+        tier = tier or tiers[0]
+        model = model or health[tier]["model"]
+        made_with = {"model": model, "dtype": health[tier].get("dtype"), "tier": tier,
+                     "sampling": {"temperature": 0, "max_tokens": MAX_TOKENS},
+                     "samples": {"k": samples, "temperature": sample_temperature}}
+        bar = tqdm(total=len(questions), desc=f"{questions_file.name} -> {tier}", unit="q")
 
-        async def one(i: int) -> dict:
-            row = await ask(client, questions[i], tier)
+        failed: list[str] = []
+
+        async def one(i: int) -> dict | None:
+            try:
+                row = await ask(client, questions[i], model, tier, samples)
+            except httpx.HTTPError as e:  # counted and left out: no answer to label
+                failed.append(f"{questions[i]['id']}: {e}")
+                row = None
             bar.update()
             return row
 
         rows, _ = await load.run_concurrent(one, len(questions), concurrency)
-        rows.sort(key=lambda r: order[r["id"]])  # the file in question order, as before
+        rows = [r for r in rows if r is not None]
         bar.close()
-        await cross_tier(client, rows, NEXT_TIER)
+        if failed:
+            print(f"{len(failed)} of {len(questions)} requests failed (left out):",
+                  *failed[:10], sep="\n  ")
+        order = {q["id"]: i for i, q in enumerate(questions)}
+        rows.sort(key=lambda r: order[r["id"]])
+        if next_tier:
+            await cross_tier(client, rows, model, next_tier)
+    rows = [{**r, "made_with": made_with} for r in rows]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     right = sum(r["right"] for r in rows)
@@ -98,144 +197,291 @@ async def collect(url: str, concurrency: int, out: Path, tier: str | None) -> li
 
 
 # ---------------------------------------------------------------------------------------------
-# Fitting and the report (offline, deterministic)
+# Fitting (offline, deterministic)
 # ---------------------------------------------------------------------------------------------
 
 
-def load_rows(path: Path = ANSWERS) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def matrix(rows: list[dict], features: list[str], means: list[float]) -> list[list[float]]:
-    """Feature rows; a missing signal takes its fit-split mean, as the served score does."""
-    return [[r["signals"].get(f, m) for f, m in zip(features, means)] for r in rows]
-
-
-def auc(labels: list[int], scores: list[float]) -> float | None:
+def auc(labels, scores) -> float | None:
     from sklearn.metrics import roc_auc_score
 
     return None if len(set(labels)) < 2 else float(roc_auc_score(labels, scores))
 
 
-def fit(rows: list[dict]):
+class Model:
+    """Standardised logistic regression over `features` with strength `c`: fit and logits."""
+
+    def __init__(self, features: list[str], c: float, rows: list[dict]):
+        import numpy as np
+        from sklearn.linear_model import LogisticRegression
+
+        self.features, self.c = features, c
+        self.mean = [float(np.mean([r["signals"][f] for r in rows if f in r["signals"]] or [0.0]))
+                     for f in features]
+        x = self.matrix(rows)
+        self.scale = x.std(axis=0)
+        self.scale[self.scale == 0] = 1.0
+        self.lr = LogisticRegression(C=c, max_iter=2000).fit(
+            (x - self.mean) / self.scale, [int(r["right"]) for r in rows])
+
+    def matrix(self, rows: list[dict]):
+        import numpy as np
+
+        return np.array([[r["signals"].get(f, m) for f, m in zip(self.features, self.mean)]
+                         for r in rows])
+
+    def logits(self, rows: list[dict]):
+        return self.lr.decision_function((self.matrix(rows) - self.mean) / self.scale)
+
+
+def out_of_group_logits(rows: list[dict], features: list[str], c: float):
+    """Each row's logit from a model fitted without its kind of question."""
     import numpy as np
+
+    out = np.zeros(len(rows))
+    kinds = np.array([r["kind"] for r in rows])
+    for kind in sorted(set(kinds)):
+        held = kinds == kind
+        train = [r for r, h in zip(rows, held) if not h]
+        if len({r["right"] for r in train}) < 2:
+            continue
+        out[held] = Model(features, c, train).logits([r for r, h in zip(rows, held) if h])
+    return out
+
+
+def within_kind_auc(rows: list[dict], scores) -> tuple[float | None, dict[str, float]]:
+    """Mean AUC within each kind that has both right and wrong answers, and each kind's."""
+    per: dict[str, float] = {}
+    for kind in sorted({r["kind"] for r in rows}):
+        idx = [i for i, r in enumerate(rows) if r["kind"] == kind]
+        value = auc([int(rows[i]["right"]) for i in idx], [scores[i] for i in idx])
+        if value is not None:
+            per[kind] = round(value, 4)
+    return (round(sum(per.values()) / len(per), 4) if per else None), per
+
+
+def platt(logits, labels) -> list[float]:
+    """Slope and intercept mapping logits to probabilities (near-unregularised 1-D fit)."""
     from sklearn.linear_model import LogisticRegression
 
+    lr = LogisticRegression(C=1e4, max_iter=2000).fit([[z] for z in logits], labels)
+    return [float(lr.coef_[0][0]), float(lr.intercept_[0])]
+
+
+def feature_sets(train: list[dict]) -> dict[str, list[str]]:
+    """FEATURE_SETS less the signals most training answers lack (answers collected before a
+    signal existed, or without samples): a fit must not lean on a fill-in mean."""
+    def present(f: str) -> bool:
+        return sum(f in r["signals"] for r in train) >= 0.9 * len(train)
+
+    return {name: [f for f in features if present(f)] for name, features in FEATURE_SETS.items()}
+
+
+def sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
+
+
+def fit(rows: list[dict], choose: tuple[str, float] | None = None):
+    """The calibration from the fit split of `rows`; `choose` fixes the feature set and C
+    (leave-one-topic-out refits reuse the full fit's choice)."""
     from deployments.quality import Calibration
 
     train = [r for r in rows if r["split"] == "fit"]
-    present = [f for f in FEATURES if any(f in r["signals"] for r in train)]
-    means = [float(np.mean([r["signals"][f] for r in train if f in r["signals"]])) for f in present]
-    x = np.array(matrix(train, present, means))
-    scale = x.std(axis=0)
-    scale[scale == 0] = 1.0
-    z = (x - means) / scale
-    y = np.array([int(r["right"]) for r in train])
-    kinds = [r["kind"] for r in train]
-    cv = {c: leave_one_kind_out_auc(z, y, kinds, c) for c in C_GRID}
-    c = max(C_GRID, key=lambda k: (round(cv[k], 3), -k))  # ties: the stronger regularisation
-    model = LogisticRegression(C=c, max_iter=1000).fit(z, y)
-    calibration = Calibration(features=present, mean=means, scale=scale.tolist(),
-                              coef=model.coef_[0].tolist(), intercept=float(model.intercept_[0]),
-                              threshold=0.5)
-    calibration.selection = {"C": c, "leave_one_kind_out_auc": {str(k): round(v, 4)
-                                                                 for k, v in cv.items()}}
-    right_scores = sorted(score_rows(calibration, [r for r in train if r["right"]]))
-    # The highest threshold that passes RIGHT_PASS_TARGET of the right answers on the fit split.
-    cut = right_scores[int(math.floor((1 - RIGHT_PASS_TARGET) * len(right_scores)))]
-    calibration.threshold = round(cut - 1e-6, 6)
-    calibration.operating_point = (f"passes {RIGHT_PASS_TARGET:.0%} of right answers on the fit "
-                                   f"split ({len(train)} answers of {MODEL})")
+    labels = [int(r["right"]) for r in train]
+    selection: dict[str, float] = {}
+    sets = feature_sets(train)
+    if choose is None:
+        for name, features in sets.items():
+            for c in C_GRID:
+                mean, _ = within_kind_auc(train, out_of_group_logits(train, features, c))
+                selection[f"{name} C={c}"] = mean or 0.0
+        best = max(selection, key=lambda k: (round(selection[k], 3), -float(k.split("C=")[1])))
+        choose = (best.split(" C=")[0], float(best.split("C=")[1]))
+    name, c = choose
+    features = sets[name]
+    model = Model(features, c, train)
+    held_out = out_of_group_logits(train, features, c)
+    slope, offset = platt(held_out, labels)
+    calibration = Calibration(features=features, mean=model.mean, scale=model.scale.tolist(),
+                              coef=model.lr.coef_[0].tolist(),
+                              intercept=float(model.lr.intercept_[0]), threshold=0.5,
+                              platt=[slope, offset])
+    # The operating point, on the probabilities of answers of kinds the regression did not see.
+    right = sorted(sigmoid(slope * z + offset) for z, y in zip(held_out, labels) if y)
+    calibration.threshold = round(right[int(math.floor((1 - RIGHT_PASS_TARGET) * len(right)))]
+                                  - 1e-6, 6)
+    calibration.operating_point = (f"passes {RIGHT_PASS_TARGET:.0%} of right answers of kinds "
+                                   f"left out of the fit ({len(train)} answers)")
+    calibration.selection = {"features": name, "C": c, "within_kind_auc": {
+        k: round(v, 4) for k, v in selection.items() if v is not None}}
     return calibration
 
 
-def leave_one_kind_out_auc(z, y, kinds: list[str], c: float) -> float:
-    """Mean AUC over the kinds of the fit split, each scored by a model fitted without it."""
-    import numpy as np
-    from sklearn.linear_model import LogisticRegression
-
-    aucs = []
-    for kind in sorted(set(kinds)):
-        held = np.array([k == kind for k in kinds])
-        if len(set(y[held])) < 2:
-            continue  # a kind answered all right (or all wrong) has no AUC
-        model = LogisticRegression(C=c, max_iter=1000).fit(z[~held], y[~held])
-        aucs.append(auc(list(y[held]), list(model.decision_function(z[held]))))
-    return float(np.mean(aucs))
+def fitted_for(rows: list[dict], calibration) -> dict:
+    """What the answers were made with: the model, dtypes, sampling and samples."""
+    made = [r.get("made_with") or {} for r in rows if r["split"] == "fit"]
+    dtypes = sorted({m.get("dtype") for m in made if m.get("dtype")})
+    first = next((m for m in made if m), {})
+    return {"model": first.get("model"), "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
+            "tier": first.get("tier"), "sampling": first.get("sampling"),
+            "samples": first.get("samples"), "features": calibration.features,
+            "answers": len(made)}
 
 
-def score_rows(calibration, rows: list[dict]) -> list[float]:
+# ---------------------------------------------------------------------------------------------
+# The report
+# ---------------------------------------------------------------------------------------------
+
+
+def probabilities(calibration, rows: list[dict]) -> list[float]:
     from deployments.quality import score_signals
 
     return [score_signals(r["signals"], calibration).score for r in rows]
 
 
+def evaluate(rows: list[dict], probs: list[float], threshold: float, base_rate: float,
+             kind_rate: dict[str, float]) -> dict:
+    """Ranking and calibration figures of predicted probabilities against the labels."""
+    labels = [int(r["right"]) for r in rows]
+    n = len(rows)
+    within, per_kind = within_kind_auc(rows, probs)
+    bins = [[] for _ in range(BINS)]
+    for p, y in zip(probs, labels):
+        bins[min(int(p * BINS), BINS - 1)].append((p, y))
+    ece = sum(len(b) / n * abs(sum(p for p, _ in b) / len(b) - sum(y for _, y in b) / len(b))
+              for b in bins if b)
+    passed = [p >= threshold for p in probs]
+    right = [p for p, y in zip(passed, labels) if y]
+    wrong = [p for p, y in zip(passed, labels) if not y]
+    kinds = {}
+    for kind in sorted({r["kind"] for r in rows}):
+        idx = [i for i, r in enumerate(rows) if r["kind"] == kind]
+        ys, ps = [labels[i] for i in idx], [probs[i] for i in idx]
+        kinds[kind] = {
+            "answers": len(idx), "accuracy": round(sum(ys) / len(ys), 3),
+            "mean_predicted": round(sum(ps) / len(ps), 3), "auc_within": per_kind.get(kind),
+            "brier": round(sum((p - y) ** 2 for p, y in zip(ps, ys)) / len(ys), 4),
+            "brier_base_rate": round(sum((base_rate - y) ** 2 for y in ys) / len(ys), 4),
+            "right_passed": _share([passed[i] for i in idx if labels[i]]),
+            "wrong_passed": _share([passed[i] for i in idx if not labels[i]])}
+    return {
+        "answers": n, "right": sum(labels), "auc": _round(auc(labels, probs)),
+        "auc_answer_length": _round(_best_direction(
+            auc(labels, [-r["completion_tokens"] for r in rows]))),
+        "auc_constant_per_kind": _round(auc(labels, [kind_rate.get(r["kind"], base_rate)
+                                                     for r in rows])),
+        "auc_within_kind_mean": within,
+        "brier": round(sum((p - y) ** 2 for p, y in zip(probs, labels)) / n, 4),
+        "brier_base_rate": round(sum((base_rate - y) ** 2 for y in labels) / n, 4),
+        "ece": round(ece, 4), "right_passed": _share(right), "wrong_passed": _share(wrong),
+        "reliability": [[round(sum(p for p, _ in b) / len(b), 4),
+                         round(sum(y for _, y in b) / len(b), 4), len(b)] for b in bins if b],
+        "kinds": kinds,
+    }
+
+
 def report(rows: list[dict], calibration) -> dict:
-    out: dict = {"answers": len(rows), "right": sum(r["right"] for r in rows),
-                 "threshold": calibration.threshold, "operating_point": calibration.operating_point,
-                 "selection": getattr(calibration, "selection", None),
-                 "features": dict(zip(calibration.features, calibration.coef)), "splits": {}}
-    by_kind: dict[str, list[dict]] = {}
-    for r in rows:
-        by_kind.setdefault(r["kind"], []).append(r)
-    out["accuracy_by_kind"] = {k: round(sum(r["right"] for r in v) / len(v), 3)
-                               for k, v in sorted(by_kind.items())}
-    signal_names = sorted({k for r in rows for k in r["signals"]})
-    for split in ("fit", "test", "heldout"):
-        part = [r for r in rows if r["split"] == split]
-        labels = [int(r["right"]) for r in part]
-        scores = score_rows(calibration, part)
-        passed = [s >= calibration.threshold for s in scores]
-        right = [p for p, y in zip(passed, labels) if y]
-        wrong = [p for p, y in zip(passed, labels) if not y]
-        entry = {
-            "answers": len(part), "right": sum(labels),
-            "auc_calibrated": auc(labels, scores),
-            # Baseline: shorter answers are more often right here (or the reverse); either way
-            # a gate must beat what length alone tells.
-            "auc_answer_length": _best_direction(auc(labels, [-r["completion_tokens"] for r in part])),
-            "right_passed": sum(right) / len(right) if right else None,
-            "wrong_passed": sum(wrong) / len(wrong) if wrong else None,
-            "signals": {},
-        }
-        for name in signal_names:
-            have = [(int(r["right"]), r["signals"][name]) for r in part if name in r["signals"]]
-            if have:
-                entry["signals"][name] = _best_direction(auc(*map(list, zip(*have))))
-        out["splits"][split] = entry
+    """The calibration on questions it was not fitted on: the templated test split, the
+    templated held-out kind, the hand-written test half leave-one-topic-out."""
+    train = [r for r in rows if r["split"] == "fit"]
+    base = sum(r["right"] for r in train) / len(train)
+    rate = {k: sum(r["right"] for r in train if r["kind"] == k) /
+            len([r for r in train if r["kind"] == k]) for k in {r["kind"] for r in train}}
+    out = {"answers": len(rows), "right": sum(r["right"] for r in rows), "fit_answers": len(train),
+           "base_rate": round(base, 4), "threshold": calibration.threshold,
+           "operating_point": calibration.operating_point, "platt": calibration.platt,
+           "selection": getattr(calibration, "selection", None),
+           "features": dict(zip(calibration.features, calibration.coef)), "sets": {}}
+    held_out = f"templated held-out kind ({HELD_OUT})"
+    for name, part in (("templated test", _part(rows, "templated", "test")),
+                       (held_out, _part(rows, "templated", "heldout"))):
+        if part:
+            out["sets"][name] = evaluate(part, probabilities(calibration, part),
+                                         calibration.threshold, base, rate)
+    natural = _part(rows, "natural", "test")
+    if natural:
+        choose = (calibration.selection["features"], calibration.selection["C"])
+        probs: dict[str, float] = {}
+        for topic in sorted({r["kind"] for r in natural}):
+            without = [r for r in rows if not (r["set"] == "natural" and r["kind"] == topic)]
+            refit = fit(without, choose)
+            for r, p in zip([r for r in natural if r["kind"] == topic],
+                            probabilities(refit, [r for r in natural if r["kind"] == topic])):
+                probs[r["id"]] = p
+        out["sets"]["hand-written test half, leave-one-topic-out"] = evaluate(
+            natural, [probs[r["id"]] for r in natural], calibration.threshold, base, rate)
     return out
 
 
+def _part(rows: list[dict], set_name: str, split: str) -> list[dict]:
+    return [r for r in rows if r["set"] == set_name and r["split"] == split]
+
+
+def _share(flags: list[bool]) -> float | None:
+    return round(sum(flags) / len(flags), 3) if flags else None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
 def _best_direction(value: float | None) -> float | None:
-    """A signal alone, read in its better direction (an AUC of 0.3 is 0.7 upside down)."""
-    return None if value is None else round(max(value, 1 - value), 4)
+    """A baseline read in its better direction (an AUC of 0.3 is 0.7 upside down)."""
+    return None if value is None else max(value, 1 - value)
 
 
 def markdown(r: dict) -> str:
-    test, held = r["splits"]["test"], r["splits"]["heldout"]
     pct = lambda v: "–" if v is None else f"{v:.0%}"  # noqa: E731
     num = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+    sets = r["sets"]
+    sel = r["selection"]
     lines = [
-        f"{r['answers']} answers of {MODEL} (greedy, {MAX_TOKENS} tokens), {r['right']} right "
-        f"({r['right'] / r['answers']:.1%}). Threshold {r['threshold']:.3f}: {r['operating_point']}.",
-        "",
-        f"Logistic regression over {len(r['features'])} signals, C = {r['selection']['C']} chosen by "
-        f"leave-one-kind-out AUC on the fit split ({r['selection']['leave_one_kind_out_auc']}).",
-        "",
-        "| ROC AUC, right vs wrong | test split | held-out kind |",
-        "|---|---|---|",
-        f"| **calibrated score** | **{num(test['auc_calibrated'])}** | **{num(held['auc_calibrated'])}** |",
-        f"| answer length (baseline) | {num(test['auc_answer_length'])} | {num(held['auc_answer_length'])} |",
-    ]
-    for name in sorted(test["signals"], key=lambda n: -(test["signals"][n] or 0)):
-        lines.append(f"| {name} alone | {num(test['signals'][name])} | "
-                     f"{num(held['signals'].get(name))} |")
-    lines += ["", "| at the threshold | test split | held-out kind |", "|---|---|---|",
-              f"| right answers passed | {pct(test['right_passed'])} | {pct(held['right_passed'])} |",
-              f"| wrong answers passed | {pct(test['wrong_passed'])} | {pct(held['wrong_passed'])} |",
-              "", "| kind | greedy accuracy |", "|---|---|"]
-    lines += [f"| {k} | {v:.0%} |" for k, v in r["accuracy_by_kind"].items()]
+        f"{r['answers']} answers ({r['right']} right); fitted on {r['fit_answers']} (base rate "
+        f"{r['base_rate']:.1%}). Features: {sel['features']} ({len(r['features'])} signals), "
+        f"C = {sel['C']}, chosen by the mean within-kind AUC of out-of-kind predictions on the "
+        f"fit split; Platt map {r['platt'][0]:.3f} × logit + {r['platt'][1]:.3f}. Threshold "
+        f"{r['threshold']:.3f}: {r['operating_point']}.", "",
+        "| | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
+    rows = [("answers (right)", lambda s: f"{s['answers']} ({s['right']})"),
+            ("**AUC, calibrated score**", lambda s: f"**{num(s['auc'])}**"),
+            ("AUC, answer length (baseline)", lambda s: num(s["auc_answer_length"])),
+            ("AUC, a constant per kind (fit accuracy)", lambda s: num(s["auc_constant_per_kind"])),
+            ("**AUC within a kind, mean**", lambda s: f"**{num(s['auc_within_kind_mean'])}**"),
+            ("Brier score", lambda s: num(s["brier"])),
+            ("Brier, base rate", lambda s: num(s["brier_base_rate"])),
+            ("ECE (10 bins)", lambda s: num(s["ece"])),
+            ("right answers passed", lambda s: pct(s["right_passed"])),
+            ("wrong answers passed", lambda s: pct(s["wrong_passed"]))]
+    lines += [f"| {label} | " + " | ".join(cell(s) for s in sets.values()) + " |"
+              for label, cell in rows]
+    for name, s in sets.items():
+        lines += ["", f"**{name}**, per kind:", "",
+                  "| kind | n | accuracy | predicted | AUC within | Brier | Brier base rate | "
+                  "right passed | wrong passed |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {k} | {v['answers']} | {v['accuracy']:.0%} | {v['mean_predicted']:.2f} | "
+                  f"{num(v['auc_within'])} | {v['brier']:.3f} | {v['brier_base_rate']:.3f} | "
+                  f"{pct(v['right_passed'])} | {pct(v['wrong_passed'])} |"
+                  for k, v in s["kinds"].items()]
     return "\n".join(lines) + "\n"
+
+
+def reliability_plot(r: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
+    for name, s in r["sets"].items():
+        xs, ys, ns = zip(*s["reliability"])
+        ax.plot(xs, ys, marker="o", label=f"{name} (ECE {s['ece']:.3f})")
+    ax.set_xlabel("predicted P(right), bin mean")
+    ax.set_ylabel("observed share right")
+    ax.set_title("Reliability of the calibrated score")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -243,23 +489,45 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("collect")
     c.add_argument("--url", default="http://127.0.0.1:8000")
-    c.add_argument("--concurrency", type=int, default=16)
-    c.add_argument("--tier", default=None, help="ask this tier (default: the model's first)")
-    c.add_argument("--out", type=Path, default=ANSWERS)
+    c.add_argument("--questions", type=Path, default=QUESTION_SETS["natural"])
+    c.add_argument("--model", default=None, help="default: the tier's model")
+    c.add_argument("--tier", default=None, help="the tier to calibrate (default: the first)")
+    c.add_argument("--next-tier", default=None, help="score each answer's likelihood there")
+    c.add_argument("--samples", type=int, default=4, help="consistency samples (the config's)")
+    c.add_argument("--config", type=Path, default=ROOT.parent / "serve_config.yaml",
+                   help="the running graph's config: its samples' temperature is recorded")
+    c.add_argument("--concurrency", type=int, default=6,
+                   help="more only queues behind the engine (and times out) on a small host")
+    c.add_argument("--out", type=Path, default=None)
+    sub.add_parser("relabel")
     f = sub.add_parser("fit")
-    f.add_argument("--answers", type=Path, default=ANSWERS)
+    f.add_argument("--answers", type=Path, nargs="*", default=None)
+    f.add_argument("--out", type=Path, default=None, help="default: the shipped calibration")
     args = parser.parse_args()
     if args.command == "collect":
-        asyncio.run(collect(args.url, args.concurrency, args.out, args.tier))
+        import yaml
+
+        from deployments.config import GraphConfig
+
+        graph = GraphConfig.model_validate(
+            yaml.safe_load(args.config.read_text())["applications"][0]["args"])
+        asyncio.run(collect(args.url, args.questions, args.model, args.tier, args.next_tier,
+                            args.samples, graph.router.quality.sample_temperature,
+                            args.concurrency, args.out or answers_file(args.questions)))
+        return
+    if args.command == "relabel":
+        for path in QUESTION_SETS.values():
+            print(f"{answers_file(path)}: {relabel(answers_file(path))} labels changed")
         return
     rows = load_rows(args.answers)
     calibration = fit(rows)
     result = report(rows, calibration)
-    calibration.save(fitted_on=str(args.answers.relative_to(ROOT.parent)), answers=len(rows),
-                     selection=calibration.selection)
+    calibration.fitted_for = fitted_for(rows, calibration)
+    calibration.save(args.out, selection=calibration.selection, answers=len(rows))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "quality_calibration.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "quality_calibration.md").write_text(markdown(result))
+    reliability_plot(result, RESULTS / "quality_calibration.png")
     sys.stdout.write(markdown(result))
 
 

@@ -35,7 +35,7 @@ MAX_MODEL_LEN = {"smollm2-135m-instruct": 2048, "llama-3.2-1b-instruct": 8192,
 
 def texts() -> list[str]:
     """What the embedder sees in service: the served model's own prompts and answers."""
-    rows = [json.loads(line) for line in (ROOT / "data" / "answers.jsonl").open()]
+    rows = [json.loads(line) for line in (ROOT / "data" / "answers_templated.jsonl").open()]
     return [r["prompt"] for r in rows] + [r["answer"] for r in rows]
 
 

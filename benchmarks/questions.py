@@ -320,8 +320,8 @@ _WORD_NUMBER = "|".join(sorted([*_NUMBER_WORDS, *_TENS], key=len, reverse=True))
 _NUMBER_TOKEN = rf"-?\d[\d,]*(?:\.\d+)?|(?:{_WORD_NUMBER})(?:-(?:{_WORD_NUMBER}))?\b"
 # "= 52", "is 52", "equals 52", "gives you 52", "makes 52": the number a sentence asserts.
 _ASSERTED = re.compile(
-    r"(?:=|\bis equal to\b|\bequal to\b|\bis\b|\bequals?\b|\bgives?(?: you| us)?\b|\bget\b|\bmakes?\b|"
-    r"\bresults? in\b|\bcomes? to\b)\s*(?:approximately |about |exactly |just |only )?"
+    r"(?:=|\bis equal to\b|\bequal to\b|\bis\b|\bequals?\b|\bgives?(?: you| us)?\b|\bget\b|"
+    r"\bmakes?\b|\bresults? in\b|\bcomes? to\b)\s*(?:approximately |about |exactly |just |only )?"
     rf"({_NUMBER_TOKEN})(?!\s*(?:[-+*/x×]\s*\d|times\b|plus\b|minus\b))")
 _BARE_ANSWER_WORDS = 8  # "52.", "It's 52 days.": a first sentence this short may be the answer
 _FIRST_SENTENCE = re.compile(r"^.*?(?:[.!?](?:\s|$)|\n|$)", re.S)

@@ -96,10 +96,10 @@ async def watch(name: str, probe, availability: Availability, interval_s: float,
 
 
 def health(availability: Availability, tiers: list[str], embedder: str, router: str,
-           canary: dict[str, dict], serve_deployments: dict[str, dict] | None
-           ) -> tuple[dict, int]:
+           canary: dict[str, dict], serve_deployments: dict[str, dict] | None,
+           calibration: dict[str, dict] | None = None) -> tuple[dict, int]:
     """/health's body and status. Per deployment: its last probe, Serve's replica states (when
-    Serve answered), a tier's last canary round. 200 while at least one tier can answer ("ok",
+    Serve answered), a tier's last canary round and its calibration. 200 while at least one tier can answer ("ok",
     or "degraded" when anything is down, slow, stalled or failing its canary), 503 when none can.
     """
     state = availability.state
@@ -113,10 +113,14 @@ def health(availability: Availability, tiers: list[str], embedder: str, router: 
             deployments[name].update(serve_view)
     for tier, round_ in canary.items():
         deployments[tier]["canary"] = round_
+    for tier, fitted in (calibration or {}).items():
+        deployments[tier]["calibration"] = fitted
     # A tier answers when up, even slow, or stalled while no other tier can answer sooner.
     llm_ok = any(deployments[t]["status"] in ("ok", "slow", "stalled")
                  and not availability.is_down(t) for t in tiers)
-    # A tier failing its canary answers, but wrongly: degraded, not down.
+    # A tier failing its canary answers, but wrongly: degraded, not down. A calibration fitted
+    # for another model or dtype is shown on its tier and in every report, and leaves the
+    # status alone: the tier serves as well as before, its scores mean less.
     all_ok = all(d["status"] == "ok" and not d.get("canary", {}).get("failing")
                  for d in deployments.values())
     status = "ok" if all_ok else "degraded" if llm_ok else "unavailable"

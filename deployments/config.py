@@ -140,6 +140,11 @@ class LLMConfig(Strict):
         "temperatures: benchmarks/consensus_sweep.py)",
     )
     sampling: SamplingDefaults = Field(default_factory=SamplingDefaults)
+    calibration_file: str | None = Field(
+        None, description="this tier's calibration (make calibrate TIER=...); None: "
+        "router.quality.calibration_file. A tier whose model or dtype differs from the one its "
+        "calibration was fitted for is reported `uncalibrated`",
+    )
     deployment: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(max_ongoing_requests=64, max_queued_requests=128)
     )
@@ -174,7 +179,8 @@ class QualityConfig(Strict):
         None, ge=0, le=1, description="None: the calibration's threshold (its stated operating point)"
     )
     calibration_file: str | None = Field(
-        None, description="fitted model (make calibrate); None: deployments/quality_calibration.json"
+        None, description="the tiers' calibration unless a tier names its own (make calibrate); "
+        "None: deployments/quality_calibration.json"
     )
     samples: int = Field(
         4, ge=0, le=16, description="consistency samples drawn with each answer; 0: no consistency"
@@ -195,7 +201,7 @@ class CanaryCheck(Strict):
     expect: list[str] = Field(min_length=1, description="right when the answer names one of these")
 
 
-# Questions SmolLM2-135M-Instruct answers right (benchmarks/data/answers.jsonl, temperature 0): a
+# Questions SmolLM2-135M-Instruct answers right (benchmarks/data/answers_templated.jsonl, temperature 0): a
 # healthy tier gets them, at its own sampling too; one whose answers are ruined does not.
 DEFAULT_CANARY = [CanaryCheck(prompt=f"What is the capital of {country}?", expect=[city])
                   for country, city in (("France", "Paris"), ("Germany", "Berlin"),

@@ -3,7 +3,7 @@
 Every signal is generic (no answer keys, no fact tables) and computed from what the engine and the
 embedder return for one answer:
 - token uncertainty: mean, minimum and 10th-percentile token logprob; mean entropy over the top-k
-  candidates vLLM returns per token;
+  candidates vLLM returns per token; the same over the answer's head (its first sentence);
 - self-consistency: k extra samples of the same prompt drawn in the same engine request; their mean
   cosine to the answer (MiniLM), the share whose normalised answer equals the answer's
   (`agreement`), and the overlap of their new content words (`overlap`);
@@ -90,6 +90,21 @@ def token_signals(logprobs: Sequence[float], tops: Sequence[Sequence[float]] = (
     if entropies:
         out["mean_entropy"] = sum(entropies) / len(entropies)
     return out
+
+
+HEAD_TOKENS = 24  # the answer's head: its first sentence, at most this many tokens
+_HEAD_END = re.compile(r"[.!?\n]")
+
+
+def head_signals(tokens: Sequence[str], logprobs: Sequence[float],
+                 tops: Sequence[Sequence[float]] = ()) -> dict[str, float]:
+    """Uncertainty over the answer's head, where a short factual answer sits ("Animal Farm was
+    written by George Orwell."): a right head followed by rambling keeps a confident head."""
+    end = next((i + 1 for i, t in enumerate(tokens[:HEAD_TOKENS]) if _HEAD_END.search(t)),
+               min(len(tokens), HEAD_TOKENS))
+    head = token_signals(logprobs[:end], tops[:end])
+    return {f"head_{k}": v for k, v in head.items() if k in ("mean_logprob", "min_logprob",
+                                                             "mean_entropy")}
 
 
 def _entropy(logprobs: Sequence[float]) -> float:
@@ -195,6 +210,7 @@ class Evidence:
     finish_reason: str | None
     logprobs: Sequence[float] | None = None  # None: no engine logprobs (a given answer)
     tops: Sequence[Sequence[float]] = ()
+    tokens: Sequence[str] = ()  # the answer's tokens, for the head signals
     samples: Sequence[str] | None = None  # None: no samples were drawn
     prompt_vec: Sequence[float] | None = None
     answer_vec: Sequence[float] | None = None
@@ -207,6 +223,8 @@ def signals(e: Evidence, repetition_ngram: int = 3) -> dict[str, float]:
            "completeness": completeness(e.answer, e.finish_reason)}
     if e.logprobs is not None:
         out.update(token_signals(e.logprobs, e.tops))
+        if e.tokens:
+            out.update(head_signals(e.tokens, e.logprobs, e.tops))
     if e.samples is not None:
         out.update(consistency_signals(e.answer, e.samples, e.prompt, e.answer_vec, e.sample_vecs))
     if e.prompt_vec is not None and e.answer_vec is not None:
@@ -225,7 +243,10 @@ def signals(e: Evidence, repetition_ngram: int = 3) -> dict[str, float]:
 
 @dataclass
 class Calibration:
-    """Logistic regression over standardised signals: P(answer is right). Fitted offline."""
+    """P(answer is right): a logistic regression over standardised signals, then a Platt map of
+    its logit (`platt`: slope, intercept) fitted on out-of-group predictions, so the probability
+    holds on kinds of question the regression never saw. Fitted offline for one model, dtype and
+    sampling (`fitted_for`); a tier serving another model or dtype is `uncalibrated`."""
 
     features: list[str]
     mean: list[float]
@@ -234,6 +255,9 @@ class Calibration:
     intercept: float
     threshold: float
     operating_point: str = ""
+    platt: list[float] = field(default_factory=lambda: [1.0, 0.0])
+    # model, dtype, sampling, samples, tier: what the answers it was fitted on were made with
+    fitted_for: dict = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Calibration:
@@ -243,15 +267,36 @@ class Calibration:
     def save(self, path: str | Path | None = None, **extra) -> None:
         Path(path or CALIBRATION_FILE).write_text(json.dumps({**asdict(self), **extra}, indent=2) + "\n")
 
-    def probability(self, values: dict[str, float]) -> tuple[float, list[str]]:
-        """The probability, and the features that were missing (taken at their fit mean)."""
+    def logit(self, values: dict[str, float]) -> tuple[float, list[str]]:
+        """The regression's logit, and the features that were missing (taken at their fit mean)."""
         z, missing = self.intercept, []
         for name, mu, sd, w in zip(self.features, self.mean, self.scale, self.coef):
             if name not in values:
                 missing.append(name)
                 continue
             z += w * (values[name] - mu) / (sd or 1.0)
+        return z, missing
+
+    def probability(self, values: dict[str, float]) -> tuple[float, list[str]]:
+        """The probability, and the features that were missing."""
+        z, missing = self.logit(values)
+        slope, offset = self.platt
+        z = slope * z + offset
         return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0))), missing
+
+    def mismatch(self, model: str | None, dtype: str | None) -> str | None:
+        """Why this calibration does not describe a tier serving `model` in `dtype` (None: it
+        does, or the tier has not said yet)."""
+        fitted = self.fitted_for
+        if not fitted.get("model"):
+            return "the calibration does not say which model it was fitted for"
+        if model is not None and model != fitted["model"]:
+            return f"fitted for {fitted['model']}, the tier serves {model}"
+        dtypes = fitted.get("dtype") or []  # one dtype, or the several its answers were made in
+        dtypes = [dtypes] if isinstance(dtypes, str) else dtypes
+        if dtype is not None and dtypes and dtype not in dtypes:
+            return f"fitted in {', '.join(dtypes)}, the tier runs in {dtype}"
+        return None
 
 
 def score_answer(evidence: Evidence, calibration: Calibration, threshold: float | None = None,

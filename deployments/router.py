@@ -184,7 +184,8 @@ class Router:
             replicas = None
         body, status = availability.health(
             self.gate.availability, [t.name for t in self.gate.ladder], self.embedder.name,
-            self.config.name, self.gate.canary, replicas)
+            self.config.name, self.gate.canary, replicas,
+            {t.name: self.gate.scorer.calibration_view(t) for t in self.gate.ladder})
         return JSONResponse(body, status_code=status)
 
     @app.get("/v1/models")

@@ -34,6 +34,7 @@ def evidence(prompt: str, answer: str, finish_reason: str | None,
         prompt=prompt, answer=answer, finish_reason=finish_reason,
         logprobs=[t.logprob for t in tokens] if tokens is not None else None,
         tops=[[lp for _, lp in t.top] for t in tokens or []],
+        tokens=[t.token for t in tokens or []],
         samples=samples, prompt_vec=vectors[0] if vectors else None,
         answer_vec=vectors[1] if vectors else None, sample_vecs=vectors[2:] if vectors else None,
         cross_tier_logprobs=[t.logprob for t in cross] if cross else None,
@@ -56,19 +57,37 @@ class Scorer:
     def __init__(self, config: QualityConfig, embedder: Downstream, ladder: list[Tier],
                  embedder_timeout_s: float, generation_timeout_s: float):
         self.config = config
-        self.calibration = quality.Calibration.load(config.calibration_file)
+        default = quality.Calibration.load(config.calibration_file)
+        self.calibrations = {t.name: quality.Calibration.load(t.config.calibration_file)
+                             if t.config.calibration_file else default for t in ladder}
+        self.calibration = default  # for answers scored under no tier (/v1/quality/score)
         self.embedder = embedder
         self.ladder = ladder
         self.embedder_timeout_s = embedder_timeout_s
         self.generation_timeout_s = generation_timeout_s
 
-    def threshold(self, requested: float | None = None) -> float:
+    def threshold(self, requested: float | None = None, tier: Tier | None = None) -> float:
         """The bar an answer must reach: the request's, else the config's, else the one the
-        calibration states as its operating point."""
+        tier's calibration states as its operating point."""
         for value in (requested, self.config.threshold):
             if value is not None:
                 return value
-        return self.calibration.threshold
+        return self.calibration_of(tier).threshold
+
+    def calibration_of(self, tier: Tier | None) -> quality.Calibration:
+        return self.calibration if tier is None else self.calibrations[tier.name]
+
+    def calibration_view(self, tier: Tier) -> dict:
+        """What /health shows of a tier's calibration: what it was fitted for, and whether that
+        is what the tier serves (its last probe's model and dtype)."""
+        fitted = self.calibration_of(tier).fitted_for
+        reason = self.uncalibrated(tier)
+        return {"model": fitted.get("model"), "dtype": fitted.get("dtype"),
+                "matches": reason is None, **({"reason": reason} if reason else {})}
+
+    def uncalibrated(self, tier: Tier) -> str | None:
+        state = tier.availability.state.get(tier.name, {}) if tier.availability else {}
+        return self.calibration_of(tier).mismatch(state.get("model"), state.get("dtype"))
 
     async def embed(self, texts: list[str]) -> list[list[float]] | None:
         """Embeddings for scoring, or None when the embedder is down or slow (degraded)."""
@@ -107,7 +126,7 @@ class Scorer:
         samples = [s.text for s in result.samples] if result.samples else None
         report = self._report(
             evidence(job.relevance_text, result.text, result.finish_reason, result.logprobs,
-                     samples, vectors, cross), threshold)
+                     samples, vectors, cross), threshold, tier)
         # JSON that does not parse or match its schema is wrong, whatever else the score says.
         report.structure = quality.structure_check(result.text, job.sampling.structured)
         if report.structure is not None and not report.structure["valid"]:
@@ -148,7 +167,7 @@ class Scorer:
             samples = drawn[0] if drawn else None
         vectors = await self.embed([pair.prompt, pair.answer, *(samples or [])])
         report = self._report(evidence(pair.prompt, pair.answer, pair.finish_reason, likelihood,
-                                       samples, vectors), body.threshold)
+                                       samples, vectors), body.threshold, tier)
         if tier is not None:
             report.tier, report.model = tier.name, tier.model_id
         Cost(scoring_ms=(time.monotonic() - started) * 1000).stamp(report)
@@ -162,9 +181,16 @@ class Scorer:
         result = await tier.call_or_none("generate", generation, self.generation_timeout_s)
         return None if result is None else [c.text for c in result.choices]
 
-    def _report(self, evidence_: quality.Evidence, threshold: float | None) -> quality.QualityReport:
-        return quality.score_answer(evidence_, self.calibration, self.threshold(threshold),
-                                    self.config.repetition_ngram, self.config.repetition_floor)
+    def _report(self, evidence_: quality.Evidence, threshold: float | None,
+                tier: Tier | None) -> quality.QualityReport:
+        """The calibrated report under the tier's calibration; one fitted for another model or
+        dtype still scores, and says so (`uncalibrated`)."""
+        report = quality.score_answer(evidence_, self.calibration_of(tier),
+                                      self.threshold(threshold, tier),
+                                      self.config.repetition_ngram, self.config.repetition_floor)
+        if tier is not None and self.uncalibrated(tier):
+            report.degraded.append("uncalibrated")
+        return report
 
     @staticmethod
     def _count(report: quality.QualityReport, elapsed: float) -> None:

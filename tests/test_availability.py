@@ -92,3 +92,13 @@ def test_the_probe_loop_reports_answers_and_failures_and_never_raises():
 
     asyncio.run(scenario())
     assert seen_before == ["starting", "ok", "unavailable", "ok"]
+
+
+def test_health_shows_a_tier_s_calibration_without_changing_the_status():
+    seen = Availability(["fast", "embedder"], tiers=["fast"])
+    seen.up("fast", {"engine_silent_s": 0.0})
+    seen.up("embedder", {})
+    mismatch = {"fast": {"model": "a", "dtype": "bfloat16", "matches": False, "reason": "fitted for a"}}
+    body, status = health(seen, ["fast"], "embedder", "router", {}, None, mismatch)
+    assert (body["status"], status) == ("ok", 200)  # serving is unchanged; reports say it
+    assert body["deployments"]["fast"]["calibration"]["reason"] == "fitted for a"

@@ -1,4 +1,4 @@
-"""The calibrated gate on the served model's own answers (benchmarks/data/answers.jsonl), offline.
+"""The calibrated gate on the served model's own answers (benchmarks/data/answers_*.jsonl), offline.
 
 The answers and their signals are committed, so the fit is reproducible here without Ray or vLLM;
 `make calibrate` regenerates them against a running graph. The synthetic set
@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from benchmarks import calibrate
-from benchmarks.questions import HELD_OUT, Question, judge
+from benchmarks.questions import HELD_OUT, build_questions, split_of
 from deployments.quality import CALIBRATION_FILE, Calibration, completeness, repetition
 
 SYNTHETIC = Path(__file__).parent / "data" / "calibration.jsonl"
+RESULTS = calibrate.RESULTS / "quality_calibration.json"
 
 
 @pytest.fixture(scope="module")
@@ -23,33 +24,79 @@ def rows():
     return calibrate.load_rows()
 
 
-def test_the_labelled_set_is_real_answers_judged_by_the_matcher(rows):
-    assert len(rows) >= 800 and len({r["kind"] for r in rows}) >= 8
-    assert {r["split"] for r in rows} == {"fit", "test", "heldout"}
+@pytest.fixture(scope="module")
+def fitted(rows):
+    return calibrate.fit(rows)
+
+
+def test_the_templated_questions_file_is_the_builder_s_output():
+    stored = calibrate.load_questions(calibrate.QUESTION_SETS["templated"])
+    built = build_questions()
+    assert [(r["id"], r["prompt"], r["expected"], r["split"]) for r in stored] == [
+        (q.id, q.prompt, q.expected, split_of(q)) for q in built]
+
+
+def test_the_hand_written_set_is_natural_questions_over_many_topics():
+    questions = calibrate.load_questions(calibrate.QUESTION_SETS["natural"])
+    assert len(questions) >= 400 and len({q["id"] for q in questions}) == len(questions)
+    topics = Counter(q["kind"] for q in questions)
+    assert len(topics) >= 20 and min(topics.values()) >= 15, topics
+    for q in questions:
+        assert q["judge"] in ("name", "number", "year") and q["expected"]
+        if q["judge"] != "name":
+            assert q["expected"].isdigit(), q["id"]
+        else:  # the answer is not given away by the question
+            assert q["expected"].lower() not in q["prompt"].lower(), q["id"]
+    assert {q["split"] for q in questions} == {"fit", "test"}
+
+
+def test_every_stored_answer_is_labelled_by_the_current_matcher(rows):
+    sets = Counter(r["set"] for r in rows)
+    assert sets["templated"] >= 800 and sets["natural"] >= 400, sets
     assert {r["kind"] for r in rows if r["split"] == "heldout"} == {HELD_OUT}
-    fields = Question.__dataclass_fields__
     for r in rows:  # every stored label is what the matcher says of the stored answer
-        assert r["right"] == judge(Question(**{k: r[k] for k in fields}), r["answer"]), r["id"]
+        assert r["right"] == calibrate.judge(calibrate.question_of(r), r["answer"]), r["id"]
+        assert r["made_with"]["model"] and r["made_with"]["dtype"], r["id"]
     counts = Counter(r["right"] for r in rows)
     assert counts[True] >= 100 and counts[False] >= 100, counts
 
 
-def test_shipped_calibration_is_the_fit_of_the_committed_answers(rows):
-    shipped, refit = Calibration.load(), calibrate.fit(rows)
-    assert shipped.features == refit.features
-    assert shipped.coef == pytest.approx(refit.coef, abs=1e-6)
-    assert shipped.threshold == pytest.approx(refit.threshold, abs=1e-6)
+def test_shipped_calibration_is_the_fit_of_the_committed_answers(rows, fitted):
+    shipped = Calibration.load()
+    assert shipped.features == fitted.features
+    assert shipped.coef == pytest.approx(fitted.coef, abs=1e-6)
+    assert shipped.platt == pytest.approx(fitted.platt, abs=1e-6)
+    assert shipped.threshold == pytest.approx(fitted.threshold, abs=1e-6)
     assert json.loads(CALIBRATION_FILE.read_text())["answers"] == len(rows)
+    # It says what the answers were made with, so a tier serving something else is told apart.
+    assert shipped.fitted_for == calibrate.fitted_for(rows, fitted)
+    assert shipped.fitted_for["model"] == "smollm2-135m-instruct"
+    assert shipped.fitted_for["features"] == shipped.features
 
 
-def test_calibrated_score_beats_answer_length_on_unseen_questions(rows):
-    report = calibrate.report(rows, Calibration.load())
-    for split in ("test", "heldout"):
-        part = report["splits"][split]
-        assert part["auc_calibrated"] > part["auc_answer_length"] + 0.05, (split, part)
-    test = report["splits"]["test"]
-    # The operating point holds off the fit split: most right answers pass, fewer wrong ones do.
-    assert test["right_passed"] > test["wrong_passed"] + 0.2, test
+def test_the_committed_report_is_what_the_fit_reports(rows, fitted):
+    """benchmarks/results/quality_calibration.json (and RESULTS.md's figures) come from here."""
+    assert json.loads(RESULTS.read_text()) == json.loads(json.dumps(calibrate.report(rows, fitted)))
+
+
+def test_calibrated_score_beats_answer_length_on_questions_it_was_not_fitted_on():
+    report = json.loads(RESULTS.read_text())
+    assert len(report["sets"]) == 3
+    for name, part in report["sets"].items():
+        assert part["auc"] > part["auc_answer_length"] + 0.05, (name, part)
+        assert part["right_passed"] > part["wrong_passed"], (name, part)
+
+
+def test_the_report_tells_probabilities_from_ranking():
+    """Brier and ECE are figures of the probabilities; the within-kind AUC of the ranking."""
+    rows = [{"id": str(i), "kind": "k" if i < 4 else "j", "right": i % 2 == 0,
+             "completion_tokens": 10 + i} for i in range(8)]
+    perfect = calibrate.evaluate(rows, [1.0 if r["right"] else 0.0 for r in rows], 0.5, 0.5, {})
+    assert perfect["brier"] == 0 and perfect["ece"] == 0 and perfect["auc_within_kind_mean"] == 1
+    assert perfect["right_passed"] == 1 and perfect["wrong_passed"] == 0
+    flat = calibrate.evaluate(rows, [0.5] * 8, 0.5, 0.5, {})
+    assert flat["brier"] == flat["brier_base_rate"] == 0.25 and flat["ece"] == 0
+    assert flat["auc"] == 0.5
 
 
 def test_degenerate_detectors_on_the_synthetic_set():

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from deployments import canary
 from deployments.config import DEFAULT_CANARY, CanaryConfig, RouterConfig
 
-ANSWERS = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "answers.jsonl"
+ANSWERS = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "answers_templated.jsonl"  # noqa: E501
 
 
 def test_an_answer_is_right_when_it_names_an_expected_answer_as_a_whole_word():

@@ -3,7 +3,6 @@
 import asyncio
 import json
 
-import pytest
 from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.exceptions import HTTPException

@@ -170,3 +170,20 @@ def test_structure_check_says_whether_a_json_answer_parses_and_matches_its_schem
     assert structure_check('{"a": 1}', {"json_object": True})["valid"]
     assert not structure_check("[1, 2]", {"json_object": True})["valid"]
     assert structure_check("Paris.", None) is None  # no JSON asked, nothing to say
+
+
+def test_head_signals_read_the_first_sentence_only():
+    from deployments.quality import HEAD_TOKENS, head_signals
+
+    tokens = ["Orwell", " wrote", " it", ".", " Later", " he", " moved"]
+    logprobs = [-0.1, -0.2, -0.1, -0.2, -3.0, -4.0, -5.0]
+    head = head_signals(tokens, logprobs, [[lp, -5.0] for lp in logprobs])
+    assert head["head_mean_logprob"] == pytest.approx(-0.15)
+    assert head["head_min_logprob"] == pytest.approx(-0.2)
+    no_end = head_signals(["a"] * 40, [-1.0] * HEAD_TOKENS + [-9.0] * 16)
+    assert no_end["head_mean_logprob"] == pytest.approx(-1.0)  # capped at HEAD_TOKENS
+    e = Evidence(prompt="q", answer="Orwell wrote it. Later he moved", finish_reason="stop",
+                 logprobs=logprobs, tokens=tokens)
+    assert "head_mean_logprob" in signals(e)
+    assert "head_mean_logprob" not in signals(Evidence(prompt="q", answer="x", finish_reason="stop",
+                                                       logprobs=[-0.1]))

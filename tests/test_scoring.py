@@ -114,3 +114,22 @@ def test_an_embedder_that_is_down_degrades_relevance_and_the_cost_adds_up(counte
                                     served=False))
     served_counts = [n for n, _ in counted if n == "graphserve_quality_score"]
     assert len(served_counts) == 1  # the unserved answer is not counted as served
+
+
+def test_a_tier_serving_another_model_or_dtype_than_its_calibration_is_uncalibrated():
+    s = scorer()
+    tier = s.ladder[0]
+    fitted = s.calibration_of(tier).fitted_for
+    assert fitted["model"] and fitted["dtype"]  # the shipped file says what it was fitted for
+    dtype = fitted["dtype"] if isinstance(fitted["dtype"], str) else fitted["dtype"][0]
+    tier.availability.up("fast", {"model": fitted["model"], "dtype": dtype})
+    assert s.calibration_view(tier)["matches"]
+    _, report = asyncio.run(s.judge(JOB, result("Canberra."), tier, False, Cost()))
+    assert "uncalibrated" not in report.degraded
+    tier.availability.up("fast", {"model": "llama-3.1-8b-instruct", "dtype": dtype})
+    view = s.calibration_view(tier)
+    assert not view["matches"] and "llama-3.1-8b-instruct" in view["reason"]
+    _, report = asyncio.run(s.judge(JOB, result("Canberra."), tier, False, Cost()))
+    assert "uncalibrated" in report.degraded
+    tier.availability.up("fast", {"model": fitted["model"], "dtype": "float16"})
+    assert "float16" in s.calibration_view(tier)["reason"]

@@ -18,7 +18,14 @@ FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 NO_GATE = {"quality": {"enabled": False}}
 
 
-def test_chat_answers_paris_with_usage_and_quality(client):
+def calibration_notes(http) -> list[str]:
+    """What a report of the fast tier says of its calibration: nothing while the tier serves the
+    model and dtype its calibration was fitted for, else "uncalibrated" (/health says why)."""
+    fitted = http.get("/health").json()["deployments"]["fast"]["calibration"]
+    return [] if fitted["matches"] else ["uncalibrated"]
+
+
+def test_chat_answers_paris_with_usage_and_quality(client, http):
     raw = client.chat.completions.with_raw_response.create(
         model=CHAT, messages=FRANCE, temperature=0, max_tokens=32)
     resp = raw.parse()
@@ -27,7 +34,7 @@ def test_chat_answers_paris_with_usage_and_quality(client):
     assert resp.usage.prompt_tokens > 0 and resp.usage.completion_tokens > 0
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
     quality = resp.model_extra["quality"]
-    assert 0 <= quality["score"] <= 1 and quality["degraded"] == []
+    assert 0 <= quality["score"] <= 1 and quality["degraded"] == calibration_notes(http)
     # Every signal of the calibrated gate, consistency samples included, was computed.
     assert set(quality["components"]) >= {
         "mean_logprob", "min_logprob", "p10_logprob", "mean_entropy", "agreement", "overlap",
@@ -162,7 +169,7 @@ def test_quality_score_endpoint_computes_model_signals_for_pairs(http):
     for report in (right, off):
         assert {"mean_logprob", "min_logprob", "mean_entropy", "agreement",
                 "consistency"} <= set(report["components"])
-        assert report["degraded"] == [] and report["tier"] == "fast"
+        assert report["degraded"] == calibration_notes(http) and report["tier"] == "fast"
     # The model finds its own kind of answer far likelier than an unrelated sentence.
     assert right["components"]["mean_logprob"] > off["components"]["mean_logprob"] + 1
     assert right["score"] > off["score"]
@@ -250,6 +257,11 @@ def test_health_reports_each_deployment(http):
         # The dtype rule, not this machine's answer: bf16 only where the CPU has it natively.
         assert d["load_seconds"] > 0 and d["uptime_seconds"] > 0 and d["dtype"] == expected_dtype
         assert d["resources"] == {"CPU": 0.75, "GPU": 0.0}  # what Ray gave it (serve_config.yaml)
+        # Its calibration says what it was fitted for, and whether that is what the tier serves.
+        fitted = d["calibration"]
+        dtypes = [fitted["dtype"]] if isinstance(fitted["dtype"], str) else fitted["dtype"]
+        assert fitted["model"] == CHAT
+        assert fitted["matches"] == (expected_dtype in dtypes), fitted
     embedder = deployments["embedder"]
     assert embedder["dimensions"] == 384 and embedder["resources"] == {"CPU": 0.2, "GPU": 0.0}
     assert (embedder["device"], embedder["dtype"]) == ("cpu", "float32")  # `auto` on a CPU host
