@@ -9,7 +9,9 @@ the kinds, and are answered non-streamed at temperature 0 under each policy:
 - `gate, default attempts`: below the threshold the router escalates to the `careful` tier, whose
   consensus answer is served;
 - `consensus tier`: the `careful` tier's consensus answer for every question.
-Each answer is judged by the matcher. Also run by `make bench` against the graph it starts.
+Each answer is judged by the matcher; every request is recorded with its status and latency
+(`results/quality_gate.json`, "requests"), and a failed one counts as a wrong answer. Also run by
+`make bench` against the graph it starts.
 """
 
 from __future__ import annotations
@@ -51,39 +53,59 @@ def pick_questions(n: int) -> list[Question]:
 
 
 async def answer(client: httpx.AsyncClient, q: Question, policy: dict) -> dict:
+    """One request under a policy, whatever its outcome: its status and latency always, the
+    judged answer when there is one. A failure is a wrong answer in every accuracy figure."""
     started = time.perf_counter()
-    r = await client.post("/v1/chat/completions", json={
-        "model": MODEL, "messages": [{"role": "user", "content": q.prompt}], "temperature": 0,
-        "max_tokens": MAX_TOKENS, "quality": policy})
-    latency = time.perf_counter() - started
-    if r.status_code != 200:
-        return {"ok": False, "status": r.status_code}
+    try:
+        r = await client.post("/v1/chat/completions", json={
+            "model": MODEL, "messages": [{"role": "user", "content": q.prompt}],
+            "temperature": 0, "max_tokens": MAX_TOKENS, "quality": policy})
+        status = r.status_code
+    except httpx.HTTPError as e:
+        status, r = type(e).__name__, None
+    row = {"id": q.id, "status": status, "latency_s": time.perf_counter() - started,
+           "right": False, "tokens": 0, "escalated": False, "passed": None}
+    if status != 200:
+        return row
     body = r.json()
     text = body["choices"][0]["message"]["content"]
     report = body.get("quality")
-    return {"ok": True, "right": judge(q, text), "latency_s": latency,
+    return {**row, "right": judge(q, text),
             "tokens": report["timing"]["tokens"] if report else body["usage"]["completion_tokens"],
             "escalated": bool(report) and report["tier"] != "fast" and "tier" not in policy,
             "passed": report["passed"] if report else None}
 
 
+def summarise(rows: list[dict]) -> dict:
+    """A policy's figures over every request sent: accuracy and escalation over all of them
+    (a failure is wrong), latency over all of them (a failure took what it took), failures by
+    status, tokens per answer over the answered."""
+    answered = [r for r in rows if r["status"] == 200]
+    lat = [r["latency_s"] * 1000 for r in rows]
+    failed: dict[str, int] = {}
+    for r in rows:
+        if r["status"] != 200:
+            failed[str(r["status"])] = failed.get(str(r["status"]), 0) + 1
+    return {
+        "requests": len(rows), "failed": sum(failed.values()), "failed_by_status": failed,
+        "accuracy": round(sum(r["right"] for r in rows) / max(len(rows), 1), 4),
+        "escalated": round(sum(r["escalated"] for r in rows) / max(len(rows), 1), 4),
+        "latency_p50_ms": round(load.pct(lat, 50), 1) if lat else None,
+        "latency_p95_ms": round(load.pct(lat, 95), 1) if lat else None,
+        "tokens_per_answer": round(sum(r["tokens"] for r in answered) / max(len(answered), 1), 1),
+    }
+
+
 async def run(base: str, questions: list[Question], concurrency: int = 8, bar=None) -> dict:
-    out: dict = {"questions": len(questions), "concurrency": concurrency, "policies": {}}
+    out: dict = {"questions": len(questions), "concurrency": concurrency, "policies": {},
+                 "requests": {}}
     async with httpx.AsyncClient(base_url=base, timeout=600) as client:
         for name, policy in POLICIES.items():
             rows, _ = await load.run_concurrent(
                 lambda i, policy=policy: answer(client, questions[i], policy), len(questions),
                 concurrency)
-            ok = [r for r in rows if r["ok"]]
-            lat = [r["latency_s"] * 1000 for r in ok]
-            out["policies"][name] = {
-                "failed": len(rows) - len(ok),
-                "accuracy": round(sum(r["right"] for r in ok) / max(len(ok), 1), 4),
-                "escalated": round(sum(r["escalated"] for r in ok) / max(len(ok), 1), 4),
-                "latency_p50_ms": round(load.pct(lat, 50), 1) if lat else None,
-                "latency_p95_ms": round(load.pct(lat, 95), 1) if lat else None,
-                "tokens_per_answer": round(sum(r["tokens"] for r in ok) / max(len(ok), 1), 1),
-            }
+            out["policies"][name] = summarise(rows)
+            out["requests"][name] = sorted(rows, key=lambda r: r["id"])
             if bar is not None:
                 bar.update()
     policies = out["policies"]
@@ -100,13 +122,15 @@ async def run(base: str, questions: list[Question], concurrency: int = 8, bar=No
 
 def markdown(r: dict) -> str:
     lines = [f"{r['questions']} questions (test split + held-out kind), temperature 0, "
-             f"{MAX_TOKENS} tokens, concurrency {r['concurrency']}.", "",
-             "| policy | accuracy | vs greedy | escalated | p50 ms | p95 ms | tokens/answer |",
-             "|---|---|---|---|---|---|---|"]
+             f"{MAX_TOKENS} tokens, concurrency {r['concurrency']}. Every request counts: a "
+             "failed one is a wrong answer, and its latency is in the percentiles.", "",
+             "| policy | accuracy (all requests) | vs greedy | failed (by status) | escalated | "
+             "p50 ms | p95 ms | tokens/answer |", "|---|---|---|---|---|---|---|---|"]
     for name, p in r["policies"].items():
+        failed = ", ".join(f"{n}× {s}" for s, n in sorted(p.get("failed_by_status", {}).items()))
         lines.append(f"| {name} | {p['accuracy']:.1%} | {r['accuracy_gain_points'][name]:+.1f} pt | "
-                     f"{p['escalated']:.0%} | {p['latency_p50_ms']} | {p['latency_p95_ms']} | "
-                     f"{p['tokens_per_answer']} |")
+                     f"{p['failed']}{f' ({failed})' if failed else ''} | {p['escalated']:.0%} | "
+                     f"{p['latency_p50_ms']} | {p['latency_p95_ms']} | {p['tokens_per_answer']} |")
     if "gate_cost_pct_p50" in r:
         lines += ["", f"Gate cost at p50 (scored once vs no gate): +{r['gate_cost_pct_p50']} % latency."]
     return "\n".join(lines) + "\n"

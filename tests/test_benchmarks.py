@@ -66,14 +66,22 @@ def test_quality_gate_table_and_plot(tmp_path):
 
     qs = quality_gate.pick_questions(30)
     assert len(qs) == 30 and len({q.kind for q in qs}) >= 8  # spread over the kinds
-    policy = {"failed": 0, "accuracy": 0.5, "escalated": 0.0, "latency_p50_ms": 100.0,
-              "latency_p95_ms": 200.0, "tokens_per_answer": 20.0}
+    rows = [{"id": f"q{i}", "status": 200, "latency_s": 0.1, "right": i < 2, "tokens": 20,
+             "escalated": False, "passed": True} for i in range(3)]
+    rows.append({"id": "q3", "status": 503, "latency_s": 9.0, "right": False, "tokens": 0,
+                 "escalated": False, "passed": None})
+    policy = quality_gate.summarise(rows)
+    # Every request counted: 2 right of 4 sent (not of the 3 answered); the failure's latency
+    # is in the percentiles; tokens are per answered request.
+    assert policy["accuracy"] == 0.5 and policy["failed"] == 1
+    assert policy["failed_by_status"] == {"503": 1} and policy["latency_p95_ms"] == 9000.0
+    assert policy["tokens_per_answer"] == 20.0 and policy["requests"] == 4
     result = {"questions": 30, "concurrency": 8,
               "policies": {name: dict(policy) for name in quality_gate.POLICIES},
               "accuracy_gain_points": {name: 0.0 for name in quality_gate.POLICIES},
               "gate_cost_pct_p50": 12.5}
     table = quality_gate.markdown(result)
-    assert "| consensus tier | 50.0% | +0.0 pt |" in table and "+12.5 %" in table
+    assert "| consensus tier | 50.0% | +0.0 pt | 1 (1× 503) |" in table and "+12.5 %" in table
     quality_gate.plot(result, tmp_path / "q.png")
     assert (tmp_path / "q.png").stat().st_size > 0
 
