@@ -182,7 +182,7 @@ class Gate:
             self._count_move(tally, tier)
             request = self._generation(job, job.request_id, attempt, settings, consensus=False)
             first, rest = await tier.steps(request, self.config.first_token_timeout_s)
-            return tier, first or GenerationDelta(finish_reason="stop"), rest
+            return tier, GenerationDelta(finish_reason="stop") if first is None else first, rest
 
         tier, first, rest = (await run_gated(plan, open_stream, None)).result
         deltas = [first]

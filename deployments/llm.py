@@ -309,7 +309,10 @@ class LLMDeployment:
             ):
                 yield out
         except Exception as e:
-            raise engine_error(e, self.config.name) from e
+            mapped = engine_error(e, self.config.name)
+            if mapped is e:
+                raise
+            raise mapped from e
 
     def _prompt_ids(self, request: GenerationRequest | LikelihoodRequest) -> list[int]:
         if request.messages is not None:
@@ -339,7 +342,10 @@ class LLMDeployment:
                 output_kind=RequestOutputKind.DELTA,
             )
         except Exception as e:  # vLLM's checks (n > 1 with greedy sampling)
-            raise engine_error(e, self.config.name) from None
+            mapped = engine_error(e, self.config.name)
+            if mapped is e:
+                raise
+            raise mapped from None
 
     # -- health and introspection -----------------------------------------------------------
 
