@@ -117,7 +117,8 @@ class Downstream:
             self.availability.down(self.name, error)
 
     def _count_unavailable(self) -> None:
-        pass
+        if isinstance(self, Tier):  # the tier metric counts LLM tiers, not the embedder
+            metrics.inc("graphserve_tier_unavailable", tier=self.name)
 
 
 @dataclass
@@ -134,9 +135,6 @@ class Tier(Downstream):
     @property
     def consensus_samples(self) -> int:
         return self.config.consensus_samples
-
-    def _count_unavailable(self) -> None:
-        metrics.inc("graphserve_tier_unavailable", tier=self.name)
 
 
 class Steps:
