@@ -18,7 +18,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 include cluster/serve.env
 export $(shell sed -n 's/^\([A-Z_]*\)=.*/\1/p' cluster/serve.env)
 
-.PHONY: setup ray-up serve deploy observe stop test test-unit test-e2e test-cluster test-gpu bench-gpu bench-recovery bench bench-overhead soak calibrate clean
+.PHONY: setup ray-up serve deploy observe stop test test-long test-unit test-e2e test-cluster test-gpu bench-gpu bench-startup bench-recovery bench bench-overhead soak calibrate clean
 
 setup: $(STAMP) $(MODELS_STAMP)
 
@@ -80,14 +80,19 @@ stop:
 # Unit and single-node end-to-end tests, then the two-node cluster tests in their own process
 # (each starts its own Ray, and they must not share the host's two cores).
 test: setup
-	$(PY) -m pytest -q tests -m "not cluster"
+	$(PY) -m pytest -q --durations=15 tests -m "not cluster and not long"
 	@$(MAKE) --no-print-directory test-cluster
+
+# The long e2e runs (an LLM tier scaling out and redeployed under load, the 2-minute soak): the
+# main graph of their own, ~20 min on a 2-core host; `make test` leaves them out to stay short.
+test-long: setup
+	$(PY) -m pytest -q -s --durations=0 tests -m long
 
 test-unit: setup
 	$(PY) -m pytest -q tests -m "not e2e and not cluster"
 
 test-e2e: setup
-	$(PY) -m pytest -q tests -m e2e
+	$(PY) -m pytest -q tests -m "e2e and not long"
 
 # A head and a worker raylet on this machine (cluster/local.sh), the graph deployed across both.
 test-cluster: setup
@@ -108,12 +113,16 @@ bench: setup
 bench-overhead: setup
 	$(PY) -m benchmarks.overhead
 
+# Where an LLM replica's start goes, phase by phase, beside `vllm serve` on the same weights (~6 min).
+bench-startup: setup
+	$(PY) -m benchmarks.startup
+
 # Cold start and recovery from losing every replica, for each tier_load_order (~15 min).
 bench-recovery: setup
 	$(PY) -m benchmarks.recovery
 
 # 15 minutes of mixed traffic at 70 % of measured capacity on a graph of its own (no other Ray
-# on the host): no 5xx, no memory growth, engines idle at the end (a 2-minute run is in `make test`).
+# on the host): no 5xx, no memory growth, engines idle at the end (a 2-minute run: `make test-long`).
 soak: setup
 	$(PY) -m benchmarks.soak --minutes 15
 
@@ -125,11 +134,13 @@ QUESTIONS ?= benchmarks/data/templated_questions.jsonl benchmarks/data/natural_q
 TIER ?=
 NEXT_TIER ?= careful
 OUT ?= deployments/quality_calibration.json
+# The gate's router.quality.samples (the default config's 4); 0 fits on the signals that need no samples.
+SAMPLES ?= 4
 calibrate: setup
 	@for q in $(QUESTIONS); do \
 	  $(PY) -m benchmarks.calibrate collect --questions $$q $(if $(TIER),--tier $(TIER)) \
 	    $(if $(NEXT_TIER),--next-tier $(NEXT_TIER)) || exit 1; done
-	$(PY) -m benchmarks.calibrate fit --out $(OUT) --answers $(foreach q,$(QUESTIONS),\
+	$(PY) -m benchmarks.calibrate fit --samples $(SAMPLES) --out $(OUT) --answers $(foreach q,$(QUESTIONS),\
 	  benchmarks/data/answers_$(subst _questions,,$(basename $(notdir $(q)))).jsonl)
 
 clean:

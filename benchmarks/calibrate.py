@@ -52,6 +52,8 @@ FEATURE_SETS = {
     "confidence+form": [*_CONFIDENCE, *_HEAD, "repetition", "completeness"],
     "head+agreement": [*_HEAD, "agreement", "overlap", "consistency"],
 }
+# Signals that need consistency samples drawn beside the answer (`router.quality.samples` > 0).
+SAMPLE_SIGNALS = {"agreement", "overlap", "consistency"}
 C_GRID = [0.003, 0.01, 0.03, 0.1, 0.3, 1.0]
 # The operating point: the highest threshold that still passes this share of right answers
 # (out-of-kind predictions on the fit split): blocking good answers costs retries for nothing.
@@ -267,28 +269,36 @@ def platt(logits, labels) -> list[float]:
     return [float(lr.coef_[0][0]), float(lr.intercept_[0])]
 
 
-def feature_sets(train: list[dict]) -> dict[str, list[str]]:
+def feature_sets(train: list[dict], samples: bool = True) -> dict[str, list[str]]:
     """FEATURE_SETS less the signals most training answers lack (answers collected before a
-    signal existed, or without samples): a fit must not lean on a fill-in mean."""
+    signal existed, or without samples): a fit must not lean on a fill-in mean. Without
+    `samples`, for a gate that draws none, less the signals samples give."""
     def present(f: str) -> bool:
-        return sum(f in r["signals"] for r in train) >= 0.9 * len(train)
+        return (sum(f in r["signals"] for r in train) >= 0.9 * len(train)
+                and (samples or f not in SAMPLE_SIGNALS))
 
-    return {name: [f for f in features if present(f)] for name, features in FEATURE_SETS.items()}
+    sets = {name: [f for f in features if present(f)] for name, features in FEATURE_SETS.items()}
+    unique = {}
+    for name, features in sets.items():  # a set that became another one's twin is tried once
+        if features and features not in unique.values():
+            unique[name] = features
+    return unique
 
 
 def sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
 
 
-def fit(rows: list[dict], choose: tuple[str, float] | None = None):
+def fit(rows: list[dict], choose: tuple[str, float] | None = None, samples: bool = True):
     """The calibration from the fit split of `rows`; `choose` fixes the feature set and C
-    (leave-one-topic-out refits reuse the full fit's choice)."""
+    (leave-one-topic-out refits reuse the full fit's choice); `samples`: whether the gate it is
+    for draws consistency samples."""
     from deployments.quality import Calibration
 
     train = [r for r in rows if r["split"] == "fit"]
     labels = [int(r["right"]) for r in train]
     selection: dict[str, float] = {}
-    sets = feature_sets(train)
+    sets = feature_sets(train, samples)
     if choose is None:
         for name, features in sets.items():
             for c in C_GRID:
@@ -316,14 +326,16 @@ def fit(rows: list[dict], choose: tuple[str, float] | None = None):
     return calibration
 
 
-def fitted_for(rows: list[dict], calibration) -> dict:
-    """What the answers were made with: the model, dtypes, sampling and samples."""
+def fitted_for(rows: list[dict], calibration, samples: bool = True) -> dict:
+    """What the answers were made with: the model, dtypes, sampling, and the samples the gate
+    draws (none when the fit left their signals out)."""
     made = [r.get("made_with") or {} for r in rows if r["split"] == "fit"]
     dtypes = sorted({m.get("dtype") for m in made if m.get("dtype")})
     first = next((m for m in made if m), {})
     return {"model": first.get("model"), "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
             "tier": first.get("tier"), "sampling": first.get("sampling"),
-            "samples": first.get("samples"), "features": calibration.features,
+            "samples": first.get("samples") if samples else {"k": 0},
+            "features": calibration.features,
             "answers": len(made)}
 
 
@@ -379,7 +391,7 @@ def evaluate(rows: list[dict], probs: list[float], threshold: float, base_rate: 
     }
 
 
-def report(rows: list[dict], calibration) -> dict:
+def report(rows: list[dict], calibration, samples: bool = True) -> dict:
     """The calibration on questions it was not fitted on: the templated test split, the
     templated held-out kind, the hand-written test half leave-one-topic-out."""
     train = [r for r in rows if r["split"] == "fit"]
@@ -403,7 +415,7 @@ def report(rows: list[dict], calibration) -> dict:
         probs: dict[str, float] = {}
         for topic in sorted({r["kind"] for r in natural}):
             without = [r for r in rows if not (r["set"] == "natural" and r["kind"] == topic)]
-            refit = fit(without, choose)
+            refit = fit(without, choose, samples)
             for r, p in zip([r for r in natural if r["kind"] == topic],
                             probabilities(refit, [r for r in natural if r["kind"] == topic])):
                 probs[r["id"]] = p
@@ -503,6 +515,9 @@ def main() -> None:
     f = sub.add_parser("fit")
     f.add_argument("--answers", type=Path, nargs="*", default=None)
     f.add_argument("--out", type=Path, default=None, help="default: the shipped calibration")
+    f.add_argument("--samples", type=int, default=4,
+                   help="router.quality.samples of the gate it is for; 0: no sample signals")
+    f.add_argument("--results", type=Path, default=RESULTS, help="where the report goes")
     args = parser.parse_args()
     if args.command == "collect":
         import yaml
@@ -520,14 +535,15 @@ def main() -> None:
             print(f"{answers_file(path)}: {relabel(answers_file(path))} labels changed")
         return
     rows = load_rows(args.answers)
-    calibration = fit(rows)
-    result = report(rows, calibration)
-    calibration.fitted_for = fitted_for(rows, calibration)
+    samples = args.samples > 0
+    calibration = fit(rows, samples=samples)
+    result = report(rows, calibration, samples)
+    calibration.fitted_for = fitted_for(rows, calibration, samples)
     calibration.save(args.out, selection=calibration.selection, answers=len(rows))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "quality_calibration.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "quality_calibration.md").write_text(markdown(result))
-    reliability_plot(result, RESULTS / "quality_calibration.png")
+    args.results.mkdir(exist_ok=True, parents=True)
+    (args.results / "quality_calibration.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.results / "quality_calibration.md").write_text(markdown(result))
+    reliability_plot(result, args.results / "quality_calibration.png")
     sys.stdout.write(markdown(result))
 
 

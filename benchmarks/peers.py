@@ -24,6 +24,7 @@ import httpx
 import yaml
 
 from deployments.config import GraphConfig, LLMConfig
+from deployments.llm import CPU_ENGINE_ENV
 from deployments.models import chat_token_ids, embedder_folder, llm_folder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,7 +132,9 @@ class VLLMServer(Server):
                 "temperature": defaults.temperature, "top_p": defaults.top_p,
                 "repetition_penalty": defaults.repetition_penalty,
                 "max_new_tokens": min(defaults.max_tokens, tier.max_tokens_cap)})]
-        env = {"OMP_NUM_THREADS": str(tier.engine_threads or 2), "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        # The engine settings of the graph's CPU tiers (deployments/llm.py), so the comparison is
+        # of the servers, not of two ways to run vLLM's engine.
+        env = {"OMP_NUM_THREADS": str(tier.engine_threads or 2), **CPU_ENGINE_ENV,
                "HF_HUB_OFFLINE": "1"}
         return cmd, env
 
@@ -197,7 +200,8 @@ class InProcessEngine:
 
         tier = fast_tier()
         os.environ["OMP_NUM_THREADS"] = str(tier.engine_threads or 2)
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        for key, value in CPU_ENGINE_ENV.items():
+            os.environ.setdefault(key, value)
         started = time.monotonic()
         self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(
             model=str(llm_folder(tier.model_source)), served_model_name=tier.model_id,

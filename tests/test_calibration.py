@@ -109,3 +109,13 @@ def test_degenerate_detectors_on_the_synthetic_set():
     assert all(completeness(p["answer"], p["finish_reason"]) <= 0.5 for p in by_kind["truncated"])
     assert all(repetition(p["answer"]) == 1 and completeness(p["answer"], "stop") == 1
                for p in by_kind["good"])
+
+
+def test_a_fit_for_a_gate_that_draws_no_samples_uses_no_sample_signal(rows):
+    """`fit --samples 0` (router.quality.samples: 0): no feature the gate would lack."""
+    train = [r for r in rows if r["split"] == "fit"]
+    with_samples = calibrate.feature_sets(train)
+    without = calibrate.feature_sets(train, samples=False)
+    assert any(set(f) & calibrate.SAMPLE_SIGNALS for f in with_samples.values())
+    assert without and not any(set(f) & calibrate.SAMPLE_SIGNALS for f in without.values())
+    assert len({tuple(f) for f in without.values()}) == len(without)  # no set tried twice

@@ -8,6 +8,7 @@ import copy
 import time
 
 import httpx
+import pytest
 from ray import serve
 
 from tests.e2e.conftest import BASE, BROKEN, deploy, variant, wait_until
@@ -85,9 +86,11 @@ def llm_replicas() -> int:
     return status.replica_states.get("RUNNING", 0)
 
 
-async def chat_load(stop: asyncio.Event, concurrency: int, codes: list[int]) -> None:
+async def chat_load(stop: asyncio.Event, concurrency: int, codes: list[int],
+                    failures: list[str], phase: str) -> None:
     """Streamed chats, `concurrency` at a time, until `stop`: a replica that goes away while
-    streaming would cut a response short, which counts as a failure here."""
+    streaming would cut a response short, which counts as a failure here (599: an error event or
+    no [DONE]; 598: the connection broke), told in `failures` with the phase and what was seen."""
     body = {"model": "smollm2-135m-instruct", "max_tokens": 48, "stream": True,
             "messages": [{"role": "user", "content": "Tell me about the sea."}],
             "quality": {"enabled": False}}
@@ -98,10 +101,13 @@ async def chat_load(stop: asyncio.Event, concurrency: int, codes: list[int]) -> 
                 try:
                     async with client.stream("POST", CHAT_URL, json=body) as r:
                         text = "".join([line async for line in r.aiter_lines()])
-                    codes.append(r.status_code if "[DONE]" in text and '"error"' not in text
-                                 else 599)
-                except httpx.HTTPError:
+                    ok = "[DONE]" in text and '"error"' not in text
+                    codes.append(r.status_code if ok else 599)
+                    if not ok:
+                        failures.append(f"{phase}: {r.status_code} {text[-200:]}")
+                except httpx.HTTPError as e:
                     codes.append(598)
+                    failures.append(f"{phase}: {type(e).__name__} {e}")
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
@@ -114,6 +120,7 @@ def new_version_answers() -> bool:
     return r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 7
 
 
+@pytest.mark.long
 def test_llm_scales_up_under_load_and_down_while_streams_finish(base_url):
     """A second vLLM engine starts under load; when load falls, Serve drains the replica it
     removes (graceful_shutdown_timeout_s): every stream in flight during the downscale ends; a
@@ -126,14 +133,15 @@ def test_llm_scales_up_under_load_and_down_while_streams_finish(base_url):
     wait_until(lambda: llm_replicas() == 1, 300, "the first LLM replica")
     try:
         codes: list[int] = []
+        failures: list[str] = []
 
         async def scenario():
-            up = await run_until(lambda stop: chat_load(stop, 12, codes),
+            up = await run_until(lambda stop: chat_load(stop, 12, codes, failures, "scale-up"),
                                  lambda: llm_replicas() >= 2, 300)
             under_load = len(codes)
             # Two streams at a time from now on: below target, so one replica goes, with
             # streams in flight on it.
-            down = await run_until(lambda stop: chat_load(stop, 2, codes),
+            down = await run_until(lambda stop: chat_load(stop, 2, codes, failures, "scale-down"),
                                    lambda: llm_replicas() <= 1, 180)
             # A rolling update under load: a new version (its default max_tokens 7 instead of 256,
             # which the load's streams, asking for 48, do not use) deployed while streams keep
@@ -142,7 +150,7 @@ def test_llm_scales_up_under_load_and_down_while_streams_finish(base_url):
             changed["tiers"][0]["sampling"]["max_tokens"] = 7
             assert not await asyncio.to_thread(new_version_answers)  # the old one says more
             stop = asyncio.Event()
-            task = asyncio.create_task(chat_load(stop, 2, codes))
+            task = asyncio.create_task(chat_load(stop, 2, codes, failures, "redeploy"))
             await asyncio.sleep(3)
             started = time.monotonic()
             await asyncio.to_thread(deploy, "llmscaling", changed)
@@ -158,6 +166,6 @@ def test_llm_scales_up_under_load_and_down_while_streams_finish(base_url):
               f"into the redeploy; {len(codes)} streams: { {c: codes.count(c) for c in set(codes)} }")
         assert up_s < 300, "the LLM did not scale up under load"
         assert llm_replicas() == 1, "the LLM did not scale back down"
-        assert set(codes) == {200}, codes
+        assert set(codes) == {200}, failures
     finally:
         serve.delete("llmscaling")

@@ -1,15 +1,18 @@
-"""The CI soak: two minutes of the mixed traffic of `make soak` (benchmarks/soak.py) at 70 % of
-the capacity it measures first, against the main graph: no 5xx or broken connection, malformed
-requests refused with the OpenAI error body, no replica or engine growing more than 5 % after the
-warm-up, every engine idle at the end."""
+"""The short soak, in `make test-long` (not in `make test`): two minutes of the mixed traffic of
+`make soak` (benchmarks/soak.py) at 70 % of the capacity it measures first, against the main
+graph: no 5xx or broken connection, malformed requests refused with the OpenAI error body, no
+replica or engine growing more than 5 % after the warm-up, every engine idle at the end."""
 
 import asyncio
+
+import pytest
 
 from benchmarks.soak import soak
 from tests.e2e.conftest import BASE, wait_until
 from tests.helpers import replica_actors
 
 
+@pytest.mark.long
 def test_two_minute_soak_loses_nothing_and_leaks_nothing(base_url):
     # The memory of each process is followed from the start: begin with the embedder's one
     # steady replica (it autoscales 1-2 and may still hold a second from an earlier test).
