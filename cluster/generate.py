@@ -1,20 +1,34 @@
 """Writes the generated files of cluster/ from their one source each:
 
 - grafana-dashboard.json from PANELS below (tests check every metric it queries exists);
-- rayservice.yaml (KubeRay) with the GPU profile (serve_config.gpu.yaml) embedded as its
-  serveConfigV2 (tests check the copy is current; `ray up` mounts the same file).
+- the Kubernetes manifests (KubeRay), applied in this order (docs/cluster.md):
+  - k8s/models.yaml: the model volume (a claim the Ray pods mount read-only) and the Job that fills
+    it from the Hugging Face hub;
+  - rayservice.yaml: the RayService, with the GPU profile (serve_config.gpu.yaml) embedded as its
+    serveConfigV2 (tests check the copy is current; `ray up` mounts the same file);
+  - k8s/network.yaml: a NetworkPolicy for the Ray pods and an example Ingress to Serve.
+  Their requests fit the allocatable resources of NODE_TYPES, and tests/test_manifests.py validates
+  them offline against Kubernetes' schemas and KubeRay's CRD.
 
-Run `python cluster/generate.py` after changing serve_config.gpu.yaml or a panel.
+Run `python cluster/generate.py` after changing serve_config.gpu.yaml or a panel. The committed
+manifests name a placeholder registry; write your cluster's own copies elsewhere, e.g.
+  python cluster/generate.py --image 123456789012.dkr.ecr.us-west-2.amazonaws.com/graphserve:0.1.0 \
+      --storage-class efs-sc --host llm.example.org --out deploy/
+(--redis-address host:port turns on GCS fault tolerance; --help lists the options).
 """
 
+import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 HERE = Path(__file__).resolve().parent
 RAY_VERSION = "2.60.0"
-IMAGE = "graphserve:latest"  # build it with cluster/Dockerfile and push it to your registry
+# A placeholder registry (example.com never resolves to one): --image names yours. Built from
+# cluster/Dockerfile, tagged with the project's version.
+IMAGE = "registry.example.com/graphserve:0.1.0"
 
 Q = "histogram_quantile({q}, sum by (le{by}) (rate({m}_bucket[$__rate_interval])))"
 
@@ -109,9 +123,65 @@ def dashboard() -> dict:
 
 
 GPU_PROFILE = HERE / "serve_config.gpu.yaml"
-# Worker pods: one GPU each (sized for AWS g6e.2xlarge: 1 L40S, 8 vCPU, 64 GiB); the profile's
-# replicas at max_replicas need 8 GPUs (fast 8 x 0.45 + embedders, careful 4 x 1).
-GPU_WORKERS = {"min": 2, "max": 8, "cpu": 8, "memory": "56Gi"}
+APP = {"app.kubernetes.io/name": "graphserve"}  # on every Ray pod: the NetworkPolicy selects it
+
+# The node types the pods are sized for, as the kubelet offers them to pods (allocatable), not the
+# VMs' sizes. AWS EKS AMIs reserve for the kubelet: CPU 6 % of the first core + 1 % of the second +
+# 0.5 % of the 3rd-4th + 0.25 % of the rest (8 vCPU: 90m); memory 255 MiB + 11 MiB x max pods, 58 for
+# both types with the VPC CNI's defaults (awslabs/amazon-eks-ami templates/shared/runtime/
+# eni-max-pods.txt), = 893 MiB, plus the 100 MiB hard-eviction threshold. The kernel reports less
+# memory than the nominal size: taken as 97 % (62 of 64 GiB, 31 of 32), rounded down. Check yours
+# with `kubectl get nodes -o custom-columns=N:.metadata.name,A:.status.allocatable`.
+NODE_TYPES = {
+    # GPU workers: AWS g6e.2xlarge, 1 NVIDIA L40S (48 GB), 8 vCPU, 64 GiB.
+    "g6e.2xlarge": {"cpu": 7.91, "memory_gib": 61.0, "gpus": 1},
+    # The head (and the model-filling Job): AWS m6i.2xlarge, 8 vCPU, 32 GiB; no GPU.
+    "m6i.2xlarge": {"cpu": 7.91, "memory_gib": 30.0, "gpus": 0},
+}
+GPU_NODE, HEAD_NODE = "g6e.2xlarge", "m6i.2xlarge"
+# Left on every node for daemonsets: VPC CNI, kube-proxy, NVIDIA device plugin and DCGM exporter,
+# CSI node plugins, a log agent, a node exporter.
+DAEMONSET_HEADROOM = {"cpu": 1.0, "memory_gib": 3.0}
+# Worker pods: one GPU each; the profile's replicas at max_replicas need 8 GPUs (fast 8 x 0.45 +
+# embedders, careful 4 x 1). Memory: vLLM's host-side buffers for up to three engines plus Ray's
+# object store (30 % of the pod's memory by default).
+GPU_WORKERS = {"min": 2, "max": 8, "cpu": 6, "memory": "52Gi"}
+HEAD = {"cpu": 4, "memory": "16Gi"}
+AUTOSCALER = {"cpu": "500m", "memory": "512Mi"}  # KubeRay's default for its sidecar, stated
+
+# The model volume's folders (the profile's model_source: /models/<folder>) and where the Job
+# fetches them. The Llama models are gated: the token's account must have accepted Meta's licence
+# on each model's Hugging Face page, or the download answers 403.
+MODELS = {
+    "Llama-3.2-3B-Instruct": "meta-llama/Llama-3.2-3B-Instruct",
+    "Llama-3.1-8B-Instruct": "meta-llama/Llama-3.1-8B-Instruct",
+    "bge-base-en-v1.5": "BAAI/bge-base-en-v1.5",
+}
+MODELS_CLAIM = "graphserve-models"
+
+
+@dataclass(frozen=True)
+class Options:
+    """What differs between clusters: the committed files use these defaults (placeholders)."""
+    image: str = IMAGE
+    storage_class: str = "efs-sc"        # a ReadWriteMany-capable class: AWS EFS, GKE Filestore, NFS
+    host: str = "graphserve.example.com"  # the Ingress example's host name
+    ingress_class: str = "nginx"
+    redis_address: str | None = None      # GCS fault tolerance: e.g. redis.example.internal:6379
+
+
+def check_image(image: str) -> str:
+    """A registry host, and a tag or digest other than `latest`: an image without a registry host
+    is pulled from Docker Hub, and `:latest` (or no tag) is re-pulled and can differ between nodes."""
+    repo, _, digest = image.partition("@")
+    host, tag = repo.split("/")[0], repo.rsplit("/", 1)[-1].partition(":")[2]
+    if "/" not in repo or not ("." in host or ":" in host or host == "localhost"):
+        raise ValueError(f"{image}: name the registry, e.g. 123456789012.dkr.ecr.us-west-2.amazonaws.com/graphserve:0.1.0")
+    if digest and not digest.startswith("sha256:"):
+        raise ValueError(f"{image}: a digest is @sha256:<hex>")
+    if not digest and tag in ("", "latest"):
+        raise ValueError(f"{image}: pin a tag other than latest, or a digest (@sha256:...)")
+    return image
 
 
 def gpu_profile() -> dict:
@@ -127,53 +197,195 @@ def serve_env() -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in pairs}
 
 
-def ray_container(name: str, cpu: int, memory: str, gpus: int = 0) -> dict:
+def ray_container(name: str, image: str, cpu: int, memory: str, gpus: int = 0) -> dict:
+    """Requests = limits (Guaranteed QoS: the GPU pods are the last to be evicted). The API key is
+    required: without the `graphserve` Secret the pod does not start (an unset key would serve an
+    open API)."""
     limits = {"cpu": str(cpu), "memory": memory, **({"nvidia.com/gpu": str(gpus)} if gpus else {})}
     return {
-        "name": name, "image": IMAGE,
+        "name": name, "image": image,
         "env": [{"name": "HF_HUB_OFFLINE", "value": "1"},
                 *({"name": k, "value": v} for k, v in serve_env().items()),
                 {"name": "GRAPHSERVE_API_KEY",
-                 "valueFrom": {"secretKeyRef": {"name": "graphserve", "key": "api-key",
-                                                "optional": True}}}],
-        "resources": {"limits": limits, "requests": limits},
+                 "valueFrom": {"secretKeyRef": {"name": "graphserve", "key": "api-key"}}}],
+        "resources": {"limits": limits, "requests": dict(limits)},
         "ports": [{"containerPort": 8080, "name": "metrics"}],
         "volumeMounts": [{"name": "models", "mountPath": "/models", "readOnly": True}],
     }
 
 
-def rayservice() -> dict:
+def pod_template(container: dict, component: str, gpu: bool = False) -> dict:
+    """GPU pods go to the named GPU node type only, and tolerate the taint GPU node pools carry
+    (EKS: nvidia.com/gpu=true:NoSchedule as commonly set; GKE adds nvidia.com/gpu=present itself)."""
+    spec = {"containers": [container],
+            # readOnly on the claim itself: the Ray pods cannot write the weights.
+            "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": MODELS_CLAIM,
+                                                                    "readOnly": True}}]}
+    if gpu:
+        spec["nodeSelector"] = {"node.kubernetes.io/instance-type": GPU_NODE}
+        spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    return {"metadata": {"labels": {**APP, "app.kubernetes.io/component": component}}, "spec": spec}
+
+
+def rayservice(opts: Options = Options()) -> dict:
     """A RayService: a head that schedules no replicas (`num-cpus: 0`, as KubeRay advises: it runs
     the GCS, the dashboard and Serve's controller) and a GPU worker group running every
-    deployment, autoscaled by Ray's in-tree autoscaler from Serve's replica demand."""
-    models = {"name": "models", "persistentVolumeClaim": {"claimName": "graphserve-models"}}
-    head = ray_container("ray-head", 4, "16Gi")
+    deployment, autoscaled by Ray's in-tree autoscaler from Serve's replica demand.
+
+    upgradeStrategy NewCluster: a change to rayClusterConfig (image, resources) starts a second
+    cluster and moves traffic once its Serve apps are healthy, so an upgrade needs room for the
+    new cluster's head and minimum workers (2 more GPUs); a serveConfigV2-only change is applied in
+    place. Ray's token auth is on (KubeRay makes the token Secret). With `redis_address`, the GCS
+    keeps its state in an external Redis (password from the `graphserve-redis` Secret), so a head
+    restart no longer restarts every worker and reloads every model."""
+    image = check_image(opts.image)
+    head = ray_container("ray-head", image, HEAD["cpu"], HEAD["memory"])
     head["ports"] += [{"containerPort": p, "name": n} for p, n in
                       ((6379, "gcs"), (8265, "dashboard"), (10001, "client"), (8000, "serve"))]
+    cluster = {
+        "rayVersion": RAY_VERSION,
+        "enableInTreeAutoscaling": True,
+        "autoscalerOptions": {"idleTimeoutSeconds": 600,  # as ray-cluster.yaml: GPU nodes start slowly
+                              "resources": {"limits": AUTOSCALER, "requests": dict(AUTOSCALER)}},
+        "authOptions": {"mode": "token"},
+        "headGroupSpec": {
+            "rayStartParams": {"dashboard-host": "0.0.0.0", "metrics-export-port": "8080",
+                               "num-cpus": "0"},
+            "template": pod_template(head, "ray-head"),
+        },
+        "workerGroupSpecs": [{
+            "groupName": "gpu", "replicas": GPU_WORKERS["min"],
+            "minReplicas": GPU_WORKERS["min"], "maxReplicas": GPU_WORKERS["max"],
+            "rayStartParams": {"metrics-export-port": "8080"},
+            "template": pod_template(ray_container("ray-worker", image, GPU_WORKERS["cpu"],
+                                                   GPU_WORKERS["memory"], 1), "ray-worker", gpu=True),
+        }],
+    }
+    if opts.redis_address:
+        cluster["gcsFaultToleranceOptions"] = {
+            "redisAddress": opts.redis_address,
+            "redisPassword": {"valueFrom": {"secretKeyRef": {"name": "graphserve-redis", "key": "password"}}}}
     return {
         "apiVersion": "ray.io/v1", "kind": "RayService",
         "metadata": {"name": "graphserve"},
         "spec": {
+            "upgradeStrategy": {"type": "NewCluster"},
             "serveConfigV2": yaml.safe_dump(gpu_profile(), sort_keys=False),
-            "rayClusterConfig": {
-                "rayVersion": RAY_VERSION,
-                "enableInTreeAutoscaling": True,
-                "headGroupSpec": {
-                    "rayStartParams": {"dashboard-host": "0.0.0.0", "metrics-export-port": "8080",
-                                       "num-cpus": "0"},
-                    "template": {"spec": {"containers": [head], "volumes": [models]}},
+            "rayClusterConfig": cluster,
+        },
+    }
+
+
+def models_claim(opts: Options = Options()) -> dict:
+    """The model volume: read-only many for the Ray pods, written once by the Job. Block storage
+    (EBS, PD) cannot be mounted on several nodes, so this needs a file store (EFS, Filestore, NFS).
+    ReadWriteMany is listed first because the kubelet hands a CSI driver the first access mode, and
+    the Job writes; the Ray pods mount the claim with readOnly: true."""
+    return {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": MODELS_CLAIM, "labels": APP},
+        "spec": {"accessModes": ["ReadWriteMany", "ReadOnlyMany"],
+                 "storageClassName": opts.storage_class,
+                 "resources": {"requests": {"storage": "64Gi"}}},  # the three models: ~23 GB
+    }
+
+
+FILL = """\
+import os
+from huggingface_hub import snapshot_download
+for folder, repo in {models!r}:
+    # original/ holds Meta's own checkpoint format (16 GB more for the 8B); onnx/ is unused.
+    snapshot_download(repo, local_dir="/models/" + folder, token=os.environ["HF_TOKEN"],
+                      ignore_patterns=["original/*", "*.pth", "onnx/*"])
+    print("filled /models/" + folder, flush=True)
+"""
+
+
+def fill_job(opts: Options = Options()) -> dict:
+    """Fills the model volume from the Hugging Face hub, with the token from the `graphserve-hf-token`
+    Secret (required). Re-running it resumes and skips files already there."""
+    fill = FILL.format(models=sorted(MODELS.items()))
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "graphserve-models-fill", "labels": {"app.kubernetes.io/name": "graphserve-models"}},
+        "spec": {
+            "backoffLimit": 4, "activeDeadlineSeconds": 7200,
+            "template": {
+                "metadata": {"labels": {"app.kubernetes.io/name": "graphserve-models"}},
+                "spec": {
+                    "restartPolicy": "OnFailure",
+                    "securityContext": {"fsGroup": 100},  # the image's user is ray (uid 1000, gid 100)
+                    "containers": [{
+                        "name": "fill", "image": check_image(opts.image),
+                        "command": ["python", "-c", fill],
+                        "env": [{"name": "HF_HUB_OFFLINE", "value": "0"},  # the image sets 1
+                                {"name": "HF_HOME", "value": "/tmp/hf"},
+                                {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
+                                    "name": "graphserve-hf-token", "key": "token"}}}],
+                        "resources": {"requests": {"cpu": "1", "memory": "2Gi"},
+                                      "limits": {"cpu": "2", "memory": "4Gi"}},
+                        "volumeMounts": [{"name": "models", "mountPath": "/models"}],
+                    }],
+                    "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": MODELS_CLAIM}}],
                 },
-                "workerGroupSpecs": [{
-                    "groupName": "gpu", "replicas": GPU_WORKERS["min"],
-                    "minReplicas": GPU_WORKERS["min"], "maxReplicas": GPU_WORKERS["max"],
-                    "rayStartParams": {"metrics-export-port": "8080"},
-                    "template": {"spec": {"containers": [ray_container(
-                        "ray-worker", GPU_WORKERS["cpu"], GPU_WORKERS["memory"], 1)],
-                                          "volumes": [models]}},
-                }],
             },
         },
     }
+
+
+def network_policy() -> dict:
+    """Ingress to the Ray pods: from each other (GCS, raylets, object transfers, Serve's proxies to
+    replicas), the KubeRay operator to the dashboard (it deploys serveConfigV2 and reads Serve's
+    status there), the ingress controller's namespace to Serve (8000), the monitoring namespace to
+    the metrics port (8080). Nothing else reaches the dashboard or the GCS, which run code for whoever
+    reaches them. Egress is left open. Namespace names are placeholders: `ingress-nginx`, `monitoring`."""
+    def ns(name):
+        return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "graphserve-ray", "labels": APP},
+        "spec": {
+            "podSelector": {"matchLabels": APP},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [{"podSelector": {"matchLabels": APP}}]},
+                {"from": [{"namespaceSelector": {},
+                           "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}],
+                 "ports": [{"protocol": "TCP", "port": 8265}]},
+                {"from": [ns("ingress-nginx")], "ports": [{"protocol": "TCP", "port": 8000}]},
+                {"from": [ns("monitoring")], "ports": [{"protocol": "TCP", "port": 8080}]},
+            ],
+        },
+    }
+
+
+def ingress(opts: Options = Options()) -> dict:
+    """An example: TLS at the ingress controller in front of KubeRay's `graphserve-serve-svc` (the
+    Service that follows the healthy cluster through an upgrade). Streams must not be buffered and
+    may last the profile's request_timeout_s (300 s); the annotations say so to ingress-nginx,
+    other controllers have their own."""
+    timeout = str(gpu_profile()["http_options"]["request_timeout_s"])
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "graphserve", "labels": APP, "annotations": {
+            "nginx.ingress.kubernetes.io/proxy-read-timeout": timeout,
+            "nginx.ingress.kubernetes.io/proxy-send-timeout": timeout,
+            "nginx.ingress.kubernetes.io/proxy-buffering": "off"}},
+        "spec": {
+            "ingressClassName": opts.ingress_class,
+            "tls": [{"hosts": [opts.host], "secretName": "graphserve-tls"}],
+            "rules": [{"host": opts.host, "http": {"paths": [{
+                "path": "/", "pathType": "Prefix",
+                "backend": {"service": {"name": "graphserve-serve-svc", "port": {"number": 8000}}}}]}}],
+        },
+    }
+
+
+def manifests(opts: Options = Options()) -> dict[str, list[dict]]:
+    """Every generated Kubernetes file and its documents, in the order they are applied."""
+    return {"k8s/models.yaml": [models_claim(opts), fill_job(opts)],
+            "rayservice.yaml": [rayservice(opts)],
+            "k8s/network.yaml": [network_policy(), ingress(opts)]}
 
 
 class _BlockDumper(yaml.SafeDumper):
@@ -186,14 +398,40 @@ class _BlockDumper(yaml.SafeDumper):
 _BlockDumper.add_representer(str, lambda d, v: d.represent_scalar(
     "tag:yaml.org,2002:str", v, style="|" if "\n" in v else None))
 
+HEADER = ("# Generated by cluster/generate.py from serve_config.gpu.yaml: edit those, not this.\n"
+          "# Apply (docs/cluster.md): k8s/models.yaml, wait for the Job, rayservice.yaml, k8s/network.yaml\n"
+          "# (KubeRay operator >= 1.6 installed).\n")
 
-def write() -> None:
-    (HERE / "grafana-dashboard.json").write_text(json.dumps(dashboard(), indent=2) + "\n")
-    header = ("# Generated by cluster/generate.py from serve_config.gpu.yaml: edit those, not this.\n"
-              "# kubectl apply -f cluster/rayservice.yaml  (KubeRay operator >= 1.1 installed)\n")
-    (HERE / "rayservice.yaml").write_text(header + yaml.dump(rayservice(), Dumper=_BlockDumper, sort_keys=False))
-    print("wrote cluster/grafana-dashboard.json and cluster/rayservice.yaml")
+
+def write(opts: Options = Options(), out: Path = HERE) -> None:
+    if out == HERE:
+        (HERE / "grafana-dashboard.json").write_text(json.dumps(dashboard(), indent=2) + "\n")
+    for name, docs in manifests(opts).items():
+        path = out / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(HEADER + "---\n".join(yaml.dump(d, Dumper=_BlockDumper, sort_keys=False) for d in docs))
+        print(f"wrote {path}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image", default=Options.image,
+                        help="<registry>/<repository>:<tag> or @sha256:<digest> (not :latest)")
+    parser.add_argument("--storage-class", default=Options.storage_class,
+                        help="a ReadWriteMany/ReadOnlyMany-capable StorageClass for the model volume")
+    parser.add_argument("--host", default=Options.host, help="the Ingress example's host name")
+    parser.add_argument("--ingress-class", default=Options.ingress_class)
+    parser.add_argument("--redis-address", default=None,
+                        help="host:port of an external Redis: turns on GCS fault tolerance")
+    parser.add_argument("--out", type=Path, default=HERE,
+                        help="where to write the manifests (default: cluster/, the committed placeholders)")
+    a = parser.parse_args(argv)
+    try:
+        opts = Options(check_image(a.image), a.storage_class, a.host, a.ingress_class, a.redis_address)
+    except ValueError as e:
+        parser.error(str(e))
+    write(opts, a.out.resolve())
 
 
 if __name__ == "__main__":
-    write()
+    main()

@@ -2,6 +2,7 @@
 current, and the demo config builds."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -90,8 +91,31 @@ def test_serve_config_validates_and_builds_the_graph():
 def test_ray_up_config_mounts_the_gpu_profile():
     with open("cluster/ray-cluster.yaml") as f:
         launcher = yaml.safe_load(f)
-    mounted = launcher["file_mounts"]["/home/ubuntu/graphserve/serve_config.yaml"]
+    mounted = launcher["file_mounts"]["/home/ray/graphserve/cluster/serve_config.gpu.yaml"]
     assert mounted == "./cluster/serve_config.gpu.yaml"  # the GPU profile itself: never stale
     head = " ".join(launcher["head_start_ray_commands"])
     assert "--num-cpus=0" in head and "--dashboard-host=127.0.0.1" in head and "--metrics-export-port=8080" in head
     assert launcher["available_node_types"]["gpu-worker"]["resources"] == {"llm": 1}
+
+
+def test_ray_up_config_starts_with_one_path_scheme_token_auth_an_image_and_filled_models():
+    """Issue 28 item 4: the commands run in the container (home /home/ray) and read files where
+    file_mounts put them; token auth; a pinned image in a named registry; /models filled."""
+    with open("cluster/ray-cluster.yaml") as f:
+        launcher = yaml.safe_load(f)
+    targets = set(launcher["file_mounts"])
+    assert all(t.startswith("/home/ray/") for t in targets)
+    commands = " ".join(launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"]
+                        + launcher["worker_setup_commands"])
+    sourced = set(re.findall(r"\. (\S+)", commands))
+    assert sourced == {"/home/ray/graphserve/cluster/serve.env"} and sourced <= targets
+    assert "~" not in " ".join(launcher["head_start_ray_commands"]).replace("~/ray_bootstrap_config.yaml", "")
+    docker = launcher["docker"]
+    assert "-e RAY_AUTH_MODE=token" in docker["run_options"]
+    assert "/home/ray/.ray/auth_token" in targets  # the same token on every node
+    assert generator().check_image(docker["image"])
+    # /models: mounted, and filled on the GPU workers from the same sources as the KubeRay Job.
+    assert "-v /models:/models" in docker["run_options"]
+    fill = " ".join(launcher["worker_setup_commands"])
+    assert all(f"'{repo}'" in fill for repo in generator().MODELS.values())
+    assert "/home/ray/.cache/huggingface/token" in targets
