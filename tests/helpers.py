@@ -69,12 +69,17 @@ def orphaned_engines() -> list[str]:
     return orphans
 
 
-def generator():
-    """cluster/generate.py as a module (a script, not a package): the manifests' source."""
-    spec = importlib.util.spec_from_file_location("cluster_generate", ROOT / "cluster" / "generate.py")
+def cluster_script(name: str):
+    """cluster/<name>.py as a module (the scripts of cluster/ are not a package)."""
+    spec = importlib.util.spec_from_file_location(f"cluster_{name}", ROOT / "cluster" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def generator():
+    """cluster/generate.py: the manifests' source."""
+    return cluster_script("generate")
 
 
 def serve_env() -> dict[str, str]:

@@ -2,7 +2,6 @@
 creates for the RayService, and the PrometheusRule carries cluster/prometheus-rules.yml's groups
 unchanged."""
 
-import importlib.util
 import re
 import shutil
 import subprocess
@@ -11,15 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers import cluster_script
+
 ROOT = Path(__file__).resolve().parents[1]
 GENERATED = ROOT / "cluster" / "k8s-monitoring.yaml"
 
 
 def monitoring():
-    spec = importlib.util.spec_from_file_location("monitoring", ROOT / "cluster" / "monitoring.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return cluster_script("monitoring")
 
 
 def shipped() -> dict[str, dict]:
