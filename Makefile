@@ -83,8 +83,8 @@ test: setup
 	$(PY) -m pytest -q --durations=15 tests -m "not cluster and not long"
 	@$(MAKE) --no-print-directory test-cluster
 
-# The long e2e runs (an LLM tier scaling out and redeployed under load, the 2-minute soak): the
-# main graph of their own, ~20 min on a 2-core host; `make test` leaves them out to stay short.
+# The long e2e runs (an LLM tier scaling out and redeployed under load, the 2-minute soak), on the
+# main graph: `make test` leaves them out to stay within CI's time on a 2-core host.
 test-long: setup
 	$(PY) -m pytest -q -s --durations=0 tests -m long
 

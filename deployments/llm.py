@@ -112,9 +112,8 @@ def preflight(config: LLMConfig, folder: Path, dtype: str, gpus: float | None) -
 # (1 by default), so the replica sets the engine's threads on purpose; the OS places them (vLLM's
 # auto-binding pins to a fixed core list, which makes two engines on one host fight over the same
 # cores); and the model runs inside the engine-core process (vLLM's UniProc executor) rather than
-# in a third process fed over shared memory: on a 2-core host the engine is ready ~17 s sooner (one
-# vLLM import fewer) and decodes ~50 % faster (no process spinning on the worker's queue):
-# benchmarks/startup.py measures both.
+# in a third process fed over shared memory: on a 2-core host the engine is ready 13.4 s sooner (one
+# vLLM import fewer) and decodes 1.41x as fast (medians of benchmarks/startup.py's three runs).
 CPU_ENGINE_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 
