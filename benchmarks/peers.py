@@ -24,7 +24,7 @@ import httpx
 import yaml
 
 from deployments.config import GraphConfig, LLMConfig
-from deployments.llm import CPU_ENGINE_ENV
+from deployments.llm import CPU_ENGINE_ENV, use_cpu_engine_env
 from deployments.models import chat_token_ids, embedder_folder, llm_folder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -199,9 +199,7 @@ class InProcessEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         tier = fast_tier()
-        os.environ["OMP_NUM_THREADS"] = str(tier.engine_threads or 2)
-        for key, value in CPU_ENGINE_ENV.items():
-            os.environ.setdefault(key, value)
+        use_cpu_engine_env(tier.engine_threads or 2)
         started = time.monotonic()
         self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(
             model=str(llm_folder(tier.model_source)), served_model_name=tier.model_id,

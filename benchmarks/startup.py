@@ -28,7 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.peers import ROOT, VLLMServer
+from benchmarks.overhead import first_answer
+from benchmarks.peers import ROOT, VLLMServer, fast_tier
 from deployments.llm import CPU_ENGINE_ENV
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -49,7 +50,7 @@ from deployments.protocol import GenerationRequest, Sampling
 tier = fast_tier()
 dtype = engine_dtype(tier.dtype, False, torch.cpu._is_avx512_bf16_supported())
 args = engine_args(tier, llm_folder(tier.model_source), dtype, None)
-args.worker_extension_cls = ""
+args.worker_extension_cls = ""  # the deployment's heap release (deployments/heap.py): not timed here
 async def main():
     from vllm import SamplingParams
     engine = AsyncLLM.from_engine_args(args)
@@ -80,8 +81,6 @@ VLLM_PHASES = {
 def engines(count: int, worker_process: bool = False, decode: bool = False) -> list[dict]:
     """`count` engines started at the same moment; each one's phases (seconds since its launch),
     and with `decode` its decode tokens/s. `worker_process`: vLLM's default executor on a CPU."""
-    from benchmarks.peers import fast_tier
-
     env = {**os.environ, "OMP_NUM_THREADS": str(fast_tier().engine_threads or 2),
            **CPU_ENGINE_ENV, "VLLM_CONFIGURE_LOGGING": "1", "VLLM_LOGGING_LEVEL": "INFO",
            "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "DECODE": "1" if decode else "0"}
@@ -113,26 +112,14 @@ def engines(count: int, worker_process: bool = False, decode: bool = False) -> l
 
 
 def vllm_serve_first_answer() -> float:
-    """Launch to the first chat answer of `vllm serve` (benchmarks/peers.py runs it as the
-    other benchmarks do)."""
-    import httpx
-
+    """Launch to the first chat answer of `vllm serve`, as the overhead benchmark measures it."""
     with tempfile.TemporaryDirectory() as logs:
         server = VLLMServer(18123, Path(logs))
         try:
             server.start()
-            body = {"model": "smollm2-135m-instruct", "max_tokens": 2, "temperature": 0,
-                    "messages": [{"role": "user", "content": "Hello"}]}
-            r = httpx.post(f"{server.base}/v1/chat/completions", json=body, timeout=120)
-            r.raise_for_status()
-            return round(time.monotonic() - server.launched_at, 1)
+            return round(first_answer(server, fast_tier().model_id), 1)
         finally:
             server.stop()
-
-
-RUNS = {"one engine, model in the engine core (the deployment)": "one",
-        "one engine, model in a worker process (vLLM's CPU default)": "one_worker_process",
-        "two engines at once (the deployment)": "two"}
 
 
 def markdown(result: dict) -> str:

@@ -117,6 +117,13 @@ def preflight(config: LLMConfig, folder: Path, dtype: str, gpus: float | None) -
 CPU_ENGINE_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 
+def use_cpu_engine_env(threads: int) -> None:
+    """This process's environment for the CPU engine it is about to start (vLLM reads it then)."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    for key, value in CPU_ENGINE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def engine_args(config: LLMConfig, folder: Path, dtype: str, gpus: float | None):
     """vLLM's engine arguments for a tier: on a GPU its share of the GPU's memory, on a CPU host
     a KV cache of `kv_cache_gib`."""
@@ -184,10 +191,7 @@ class LLMDeployment:
 
         started = time.monotonic()
         if not has_cuda:
-            threads = config.engine_threads or max(1, int(self.resources["CPU"]))
-            os.environ["OMP_NUM_THREADS"] = str(threads)
-            for key, value in CPU_ENGINE_ENV.items():
-                os.environ.setdefault(key, value)
+            use_cpu_engine_env(config.engine_threads or max(1, int(self.resources["CPU"])))
         # vLLM re-applies a logging dictConfig while building its engine, which closes every
         # existing handler, Serve's replica log file included: keep Ray's logging as it is.
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
