@@ -65,7 +65,26 @@ def test_scraped_metrics_count_the_traffic(http):
 
 
 def test_vllm_names_used_by_the_dashboard_are_scraped(http):
-    names = {n for n, _ in scrape()}
+    """Every vLLM series the dashboard and the rules read is exported while an engine works.
+
+    vLLM sets its queue gauges (num_requests_running/_waiting) only on an engine step, and Ray
+    2.60 keeps a gauge for two export periods after its last set: an idle engine's gauges are
+    absent (docs/operations.md). So the scrape happens while a streamed answer is being decoded.
+    """
+    names: set[str] = set()
+    # ~4 s of decoding on a 2-core host, then scrapes for two export periods: the values set
+    # during the answer reach the agent at the next export and live there for two periods.
+    with http.stream("POST", "/v1/chat/completions", json={
+            "model": CHAT, "max_tokens": 256, "min_tokens": 256, "temperature": 0, "stream": True,
+            "quality": {"enabled": False},
+            "messages": [{"role": "user", "content": "Tell a long story about a lighthouse."}]}) as r:
+        assert r.status_code == 200
+        for _ in r.iter_lines():
+            pass
+    deadline = time.monotonic() + 2 * EXPORT_S
+    while not VLLM_SCRAPED <= names and time.monotonic() < deadline:
+        names |= {n for n, _ in scrape()}
+        time.sleep(0.5)
     assert VLLM_SCRAPED <= names, VLLM_SCRAPED - names
 
 
