@@ -326,6 +326,18 @@ def fit(rows: list[dict], choose: tuple[str, float] | None = None, samples: bool
     return calibration
 
 
+def fit_gate(rows: list[dict], samples: bool = True):
+    """What the gate loads: the fit, what it was made with, and (for a gate that draws samples)
+    the fit without sample signals, which the cascade scores an answer with first."""
+    calibration = fit(rows, samples=samples)
+    calibration.fitted_for = fitted_for(rows, calibration, samples)
+    if samples:
+        free = fit(rows, samples=False)
+        free.fitted_for = fitted_for(rows, free, False)
+        calibration.without_samples = free
+    return calibration
+
+
 def fitted_for(rows: list[dict], calibration, samples: bool = True) -> dict:
     """What the answers were made with: the model, dtypes, sampling, and the samples the gate
     draws (none when the fit left their signals out)."""
@@ -421,6 +433,8 @@ def report(rows: list[dict], calibration, samples: bool = True) -> dict:
                 probs[r["id"]] = p
         out["sets"]["hand-written test half, leave-one-topic-out"] = evaluate(
             natural, [probs[r["id"]] for r in natural], calibration.threshold, base, rate)
+    if getattr(calibration, "without_samples", None) is not None:
+        out["without_samples"] = report(rows, calibration.without_samples, False)
     return out
 
 
@@ -465,6 +479,13 @@ def markdown(r: dict) -> str:
             ("wrong answers passed", lambda s: pct(s["wrong_passed"]))]
     lines += [f"| {label} | " + " | ".join(cell(s) for s in sets.values()) + " |"
               for label, cell in rows]
+    free = r.get("without_samples")
+    if free:  # the cascade's first look: the same answers, scored without their samples
+        lines += ["", f"Without samples (the gate's first look at an answer; threshold "
+                  f"{free['threshold']:.3f}):", "", "| | " + " | ".join(free["sets"]) + " |",
+                  "|---|" + "---|" * len(free["sets"])]
+        lines += [f"| {label} | " + " | ".join(cell(s) for s in free["sets"].values()) + " |"
+                  for label, cell in rows[1:2] + rows[4:5] + rows[8:]]
     for name, s in sets.items():
         lines += ["", f"**{name}**, per kind:", "",
                   "| kind | n | accuracy | predicted | AUC within | Brier | Brier base rate | "
@@ -536,9 +557,8 @@ def main() -> None:
         return
     rows = load_rows(args.answers)
     samples = args.samples > 0
-    calibration = fit(rows, samples=samples)
+    calibration = fit_gate(rows, samples)
     result = report(rows, calibration, samples)
-    calibration.fitted_for = fitted_for(rows, calibration, samples)
     calibration.save(args.out, selection=calibration.selection, answers=len(rows))
     args.results.mkdir(exist_ok=True, parents=True)
     (args.results / "quality_calibration.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -186,6 +186,16 @@ class QualityConfig(Strict):
         4, ge=0, le=16, description="consistency samples drawn with each answer; 0: no consistency"
     )
     sample_temperature: float = Field(0.8, gt=0, le=2)
+    sample_below: float = Field(
+        1.0, ge=0, le=1, description="the cascade: samples are drawn only for an answer whose "
+        "sample-free score is below this, after it; 1: always, with the answer; 0: never"
+    )
+    sample_max_tokens: int | None = Field(
+        None, ge=1, description="a sample's length cap below the request's max_tokens (None: none)"
+    )
+    vote: bool = Field(
+        True, description="serve the candidate (answer or sample) the others agree with most"
+    )
     signal_top_k: int = Field(5, ge=0, le=20, description="candidates per token for the entropy")
     cross_tier: bool = Field(
         False, description="score each answer's likelihood under the next tier (one prefill there)"

@@ -43,6 +43,17 @@ class Settings:
     max_attempts: int
     mode: str
     threshold: float | None  # the client's; None: the scorer's own (`Scorer.threshold`)
+    sample_below: float  # the cascade: samples only below this sample-free score (1: always)
+
+    @property
+    def in_engine_samples(self) -> int:
+        """Samples drawn with the answer, in the same engine request (not in the cascade)."""
+        return self.samples if self.enabled and self.sample_below >= 1 else 0
+
+    @property
+    def later_samples(self) -> int:
+        """Samples the scorer draws after the answer, when its sample-free score is in doubt."""
+        return self.samples if self.enabled and self.sample_below < 1 else 0
 
 
 class Gate:
@@ -91,24 +102,26 @@ class Gate:
     def settings(self, job: Job) -> Settings:
         cfg, override = self.config, job.quality
         defaults = Settings(cfg.quality.enabled, cfg.quality.samples,
-                            cfg.max_attempts_per_tier * len(self.ladder), cfg.gate_mode, None)
+                            cfg.max_attempts_per_tier * len(self.ladder), cfg.gate_mode, None,
+                            cfg.quality.sample_below)
         if override is None:
             return defaults
         given = {"enabled": override.enabled, "samples": override.samples,
                  "max_attempts": override.max_attempts, "mode": override.gate_mode,
-                 "threshold": override.threshold}
+                 "threshold": override.threshold, "sample_below": override.sample_below}
         return Settings(**{**defaults.__dict__, **{k: v for k, v in given.items() if v is not None}})
 
     def _generation(self, job: Job, request_id: str, attempt: Attempt, settings: Settings,
                     consensus: bool = True) -> GenerationRequest:
         """One attempt's request to a tier: the client's sampling, plus what the gate needs: the
-        scoring samples, or a consensus tier's if more (not for a stream: its answer is sent as
-        it is made, so no consensus can pick another)."""
+        scoring samples drawn with the answer (none in the cascade: the scorer draws them later,
+        if at all), or a consensus tier's if more (not for a stream: its answer is sent as it is
+        made, so no consensus can pick another)."""
         tier: Tier = attempt.tier
         by_consensus = consensus and tier.consensus_samples > 0
         return GenerationRequest(
             request_id=request_id, sampling=attempt.sampling,
-            samples=max(settings.samples if settings.enabled else 0,
+            samples=max(settings.in_engine_samples,
                         tier.consensus_samples if by_consensus else 0),
             sample_temperature=(tier.config.consensus_temperature if by_consensus
                                 else self.config.quality.sample_temperature),
@@ -144,8 +157,9 @@ class Gate:
 
         async def score(result: GenerationResult):
             tier = next(t for t in self.ladder if t.name == result.tier)
-            return await self.scorer.judge(job, result, tier, tier.consensus_samples > 0, cost,
-                                           settings.threshold)
+            return await self.scorer.judge(job, result, tier, self._votes(tier), cost,
+                                           settings.threshold, draw=settings.later_samples,
+                                           sample_below=settings.sample_below)
 
         outcome = await run_gated(plan, generate, score if settings.enabled else None,
                                   settings.max_attempts, budget_s=self.config.gate_budget_s)
@@ -206,9 +220,15 @@ class Gate:
             model_id=tier.model_id, tier=tier.name)
         cost = Cost(generation_ms=(time.monotonic() - started) * 1000,
                     tokens=result.tokens_generated)
-        _, report = await self.scorer.judge(job, result, tier, False, cost, settings.threshold)
+        _, report = await self.scorer.judge(job, result, tier, False, cost, settings.threshold,
+                                            draw=settings.later_samples,
+                                            sample_below=settings.sample_below)
         cost.stamp(report)
         yield StreamReport(report=report.to_dict())
+
+    def _votes(self, tier: Tier) -> bool:
+        """Whether the answer served is the one its samples agree with most, not the first."""
+        return tier.consensus_samples > 0 or self.config.quality.vote
 
     @staticmethod
     def _count_move(tally: Tally, tier: Tier) -> None:
@@ -228,8 +248,9 @@ class Gate:
         attempt = Attempt(tier, tier.sampling(job.sampling))
         result = await tier.call("generate", self._generation(job, job.request_id, attempt, settings),
                                  self.config.generation_timeout_s)
-        result, report = await self.scorer.judge(job, result, tier, tier.consensus_samples > 0,
-                                                  Cost(), served=False)
+        result, report = await self.scorer.judge(job, result, tier, self._votes(tier), Cost(),
+                                                  served=False, draw=settings.later_samples,
+                                                  sample_below=settings.sample_below)
         return result.text, report.score
 
     async def score_pairs(self, body: QualityScoreRequest) -> list[dict]:

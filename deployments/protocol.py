@@ -116,6 +116,8 @@ class QualityOverride(Lenient):
     gate_mode: Literal["report", "buffered"] | None = None
     tier: str | None = Field(None, description="start at this tier (by name), not the model's first")
     samples: int | None = Field(None, ge=0, le=16, description="consistency samples per answer")
+    sample_below: float | None = Field(None, ge=0, le=1,
+                                       description="draw samples only below this sample-free score")
 
 
 class StreamOptions(Lenient):

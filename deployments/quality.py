@@ -47,6 +47,7 @@ class QualityReport:
     components: dict[str, float]
     degraded: list[str] = field(default_factory=list)
     attempts: int = 1
+    samples: int = 0  # samples the answer was scored (and voted) with; 0: scored on its own
     budget_exhausted: bool = False  # the gate stopped retrying: router.gate_budget_s
     tier: str | None = None
     model: str | None = None
@@ -258,14 +259,28 @@ class Calibration:
     platt: list[float] = field(default_factory=lambda: [1.0, 0.0])
     # model, dtype, sampling, samples, tier: what the answers it was fitted on were made with
     fitted_for: dict = field(default_factory=dict)
+    # The same answers fitted without the sample signals: the gate's first, free look at an
+    # answer, which decides whether samples are worth drawing (`QualityConfig.sample_below`).
+    without_samples: Calibration | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Calibration:
+        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        if fields.get("without_samples") is not None:
+            fields["without_samples"] = cls.from_dict(fields["without_samples"])
+        return cls(**fields)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Calibration:
-        data = json.loads(Path(path or CALIBRATION_FILE).read_text())
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        return cls.from_dict(json.loads(Path(path or CALIBRATION_FILE).read_text()))
 
     def save(self, path: str | Path | None = None, **extra) -> None:
         Path(path or CALIBRATION_FILE).write_text(json.dumps({**asdict(self), **extra}, indent=2) + "\n")
+
+    @property
+    def free(self) -> Calibration:
+        """The calibration for an answer scored without samples."""
+        return self.without_samples or self
 
     def logit(self, values: dict[str, float]) -> tuple[float, list[str]]:
         """The regression's logit, and the features that were missing (taken at their fit mean)."""

@@ -12,6 +12,7 @@ from deployments import metrics, quality
 from deployments.config import QualityConfig
 from deployments.policy import Cost
 from deployments.protocol import (
+    Candidate,
     GenerationRequest,
     GenerationResult,
     Job,
@@ -66,13 +67,15 @@ class Scorer:
         self.embedder_timeout_s = embedder_timeout_s
         self.generation_timeout_s = generation_timeout_s
 
-    def threshold(self, requested: float | None = None, tier: Tier | None = None) -> float:
+    def threshold(self, requested: float | None = None, tier: Tier | None = None,
+                  free: bool = False) -> float:
         """The bar an answer must reach: the request's, else the config's, else the one the
-        tier's calibration states as its operating point."""
+        tier's calibration (`free`: its sample-free fit) states as its operating point."""
         for value in (requested, self.config.threshold):
             if value is not None:
                 return value
-        return self.calibration_of(tier).threshold
+        calibration = self.calibration_of(tier)
+        return (calibration.free if free else calibration).threshold
 
     def calibration_of(self, tier: Tier | None) -> quality.Calibration:
         return self.calibration if tier is None else self.calibrations[tier.name]
@@ -95,13 +98,15 @@ class Scorer:
             "embed_for_scoring", [t if t.strip() else " " for t in texts], self.embedder_timeout_s)
         return None if got is None else got[0].tolist()
 
-    async def consensus_pick(self, job: Job, result: GenerationResult
+    async def consensus_pick(self, job: Job, result: GenerationResult,
+                             vectors: list[list[float]] | None = None
                              ) -> tuple[GenerationResult, list[list[float]] | None]:
-        """The answer its samples agree with most (a consensus tier's), and the vectors of the
-        prompt, the chosen answer and the rest, in that order."""
-        vectors = await self.embed([job.relevance_text, result.text,
-                                    *(s.text for s in result.samples)])
+        """The answer its samples agree with most (self-consistency), and the vectors of the
+        prompt, the chosen answer and the rest, in that order (`vectors`: those of the prompt,
+        the answer and the samples, when already embedded)."""
         texts = [result.text, *(s.text for s in result.samples)]
+        if vectors is None:
+            vectors = await self.embed([job.relevance_text, *texts])
         pick = quality.consensus(texts, job.relevance_text, vectors[1:] if vectors else None)
         if vectors and pick:
             vectors = [vectors[0], vectors[1 + pick],
@@ -109,34 +114,54 @@ class Scorer:
         return chosen_by_consensus(result, pick), vectors
 
     async def judge(self, job: Job, result: GenerationResult, tier: Tier, consensus: bool,
-                    cost: Cost, threshold: float | None = None, served: bool = True
+                    cost: Cost, threshold: float | None = None, served: bool = True,
+                    draw: int = 0, sample_below: float = 1.0
                     ) -> tuple[GenerationResult, quality.QualityReport]:
-        """Signals and calibrated score of the answer (after a consensus pick when `consensus`):
-        one embedder call for the prompt, the answer and the samples, then with `cross_tier` the
-        next tier's likelihood of the chosen answer. The time it took is added to `cost`."""
+        """Signals and calibrated score of the answer (after a consensus pick among it and its
+        samples when `consensus`), then with `cross_tier` the next tier's likelihood of the
+        chosen answer. The time it took is added to `cost`.
+
+        The cascade: an answer that came without samples is scored first without them (its
+        tokens and relevance: no engine work); only below `sample_below` are `draw` samples drawn
+        after it, and the answer scored (and voted on) with them."""
         started = time.monotonic()
+        texts = [job.relevance_text, result.text, *(s.text for s in result.samples)]
+        vectors = await self.embed(texts)
+        if draw and not result.samples:
+            free = self._report(evidence(job.relevance_text, result.text, result.finish_reason,
+                                         result.logprobs, None, vectors), threshold, tier,
+                                free=True)
+            if free.score >= sample_below:
+                return result, self._finish(free, job, result, cost, started, served)
+            drawn = await self._draw_samples(tier, job, draw, cost)
+            if drawn:
+                result = result.model_copy(update={"samples": drawn})
+                more = await self.embed([c.text for c in drawn])
+                vectors = vectors + more if vectors and more else None
         if consensus and result.samples:
-            result, vectors = await self.consensus_pick(job, result)
-        else:
-            vectors = await self.embed([job.relevance_text, result.text,
-                                        *(s.text for s in result.samples)])
+            result, vectors = await self.consensus_pick(job, result, vectors)
         cross = None
         if self.config.cross_tier and tier.rank + 1 < len(self.ladder):
             cross = await self.likelihood(self.ladder[tier.rank + 1], job, result.text, 0)
         samples = [s.text for s in result.samples] if result.samples else None
         report = self._report(
             evidence(job.relevance_text, result.text, result.finish_reason, result.logprobs,
-                     samples, vectors, cross), threshold, tier)
+                     samples, vectors, cross), threshold, tier, free=samples is None)
+        return result, self._finish(report, job, result, cost, started, served)
+
+    def _finish(self, report: quality.QualityReport, job: Job, result: GenerationResult,
+                cost: Cost, started: float, served: bool) -> quality.QualityReport:
         # JSON that does not parse or match its schema is wrong, whatever else the score says.
         report.structure = quality.structure_check(result.text, job.sampling.structured)
         if report.structure is not None and not report.structure["valid"]:
             report.passed = False
         report.tier, report.model = result.tier, result.model_id
+        report.samples = len(result.samples)
         elapsed = time.monotonic() - started
         cost.scoring_ms += elapsed * 1000
         if served:
             self._count(report, elapsed)
-        return result, report
+        return report
 
     async def likelihood(self, tier: Tier, job: Job, answer: str,
                          top_k: int) -> list[TokenLogprob] | None:
@@ -164,29 +189,50 @@ class Scorer:
             if body.samples:
                 calls.append(self._draw_samples(tier, job, body.samples))
             likelihood, *drawn = await asyncio.gather(*calls)
-            samples = drawn[0] if drawn else None
+            samples = [c.text for c in drawn[0]] if drawn and drawn[0] is not None else None
         vectors = await self.embed([pair.prompt, pair.answer, *(samples or [])])
         report = self._report(evidence(pair.prompt, pair.answer, pair.finish_reason, likelihood,
-                                       samples, vectors), body.threshold, tier)
+                                       samples, vectors), body.threshold, tier,
+                              free=samples is None)
         if tier is not None:
             report.tier, report.model = tier.name, tier.model_id
         Cost(scoring_ms=(time.monotonic() - started) * 1000).stamp(report)
         return report.to_dict()
 
-    async def _draw_samples(self, tier: Tier, job: Job, k: int) -> list[str] | None:
+    async def _draw_samples(self, tier: Tier, job: Job, k: int,
+                            cost: Cost | None = None) -> list[Candidate] | None:
+        """k answers to the job's prompt at the sample temperature (a length cap below the
+        request's: `sample_max_tokens`), with token signals; None when the tier cannot now."""
+        sampling = tier.sampling(job.sampling)
+        cap = self.config.sample_max_tokens
+        limit = sampling.max_tokens if cap is None else min(sampling.max_tokens or cap, cap)
         generation = GenerationRequest(
             request_id=new_id("samples"),
-            sampling=tier.sampling(Sampling(n=k, temperature=self.config.sample_temperature)),
-            **job.prompt_fields())
+            sampling=sampling.model_copy(update={
+                "n": k, "temperature": self.config.sample_temperature, "seed": None,
+                "max_tokens": limit}),
+            signal_top_k=self.config.signal_top_k, **job.prompt_fields())
+        started = time.monotonic()
         result = await tier.call_or_none("generate", generation, self.generation_timeout_s)
-        return None if result is None else [c.text for c in result.choices]
+        if result is None:
+            return None
+        if cost is not None:  # engine time, not scoring time
+            elapsed = (time.monotonic() - started) * 1000
+            cost.generation_ms += elapsed
+            cost.scoring_ms -= elapsed
+            cost.tokens += result.tokens_generated
+        return result.choices
 
     def _report(self, evidence_: quality.Evidence, threshold: float | None,
-                tier: Tier | None) -> quality.QualityReport:
-        """The calibrated report under the tier's calibration; one fitted for another model or
-        dtype still scores, and says so (`uncalibrated`)."""
-        report = quality.score_answer(evidence_, self.calibration_of(tier),
-                                      self.threshold(threshold, tier),
+                tier: Tier | None, free: bool = False) -> quality.QualityReport:
+        """The calibrated report under the tier's calibration (`free`: its fit without sample
+        signals, for an answer scored without samples); one fitted for another model or dtype
+        still scores, and says so (`uncalibrated`)."""
+        calibration = self.calibration_of(tier)
+        if free:
+            calibration = calibration.free
+        report = quality.score_answer(evidence_, calibration,
+                                      self.threshold(threshold, tier, free),
                                       self.config.repetition_ngram, self.config.repetition_floor)
         if tier is not None and self.uncalibrated(tier):
             report.degraded.append("uncalibrated")

@@ -65,7 +65,8 @@ def test_quality_gate_table_and_plot(tmp_path):
     from benchmarks import quality_gate
 
     qs = quality_gate.pick_questions(30)
-    assert len(qs) == 30 and len({q.kind for q in qs}) >= 8  # spread over the kinds
+    assert len(qs) == 30 and len({q.kind for q in qs}) >= 20  # spread over topics and kinds
+    assert sum(q.id.startswith("nq-") for q in qs) == 15  # half of them as people ask
     rows = [{"id": f"q{i}", "status": 200, "latency_s": 0.1, "right": i < 2, "tokens": 20,
              "escalated": False, "passed": True} for i in range(3)]
     rows.append({"id": "q3", "status": 503, "latency_s": 9.0, "right": False, "tokens": 0,
@@ -79,9 +80,10 @@ def test_quality_gate_table_and_plot(tmp_path):
     result = {"questions": 30, "concurrency": 8,
               "policies": {name: dict(policy) for name in quality_gate.POLICIES},
               "accuracy_gain_points": {name: 0.0 for name in quality_gate.POLICIES},
-              "gate_cost_pct_p50": 12.5}
+              "p50_vs_greedy": {name: 1.25 for name in quality_gate.POLICIES}}
     table = quality_gate.markdown(result)
-    assert "| consensus tier | 50.0% | +0.0 pt | 1 (1× 503) |" in table and "+12.5 %" in table
+    assert "| gate, default config | 50.0% | +0.0 pt | 1 (1× 503) | 0% | 0% |" in table
+    assert "| 1.25× |" in table
     quality_gate.plot(result, tmp_path / "q.png")
     assert (tmp_path / "q.png").stat().st_size > 0
 

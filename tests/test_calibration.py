@@ -26,7 +26,7 @@ def rows():
 
 @pytest.fixture(scope="module")
 def fitted(rows):
-    return calibrate.fit(rows)
+    return calibrate.fit_gate(rows)
 
 
 def test_the_templated_questions_file_is_the_builder_s_output():
@@ -70,6 +70,9 @@ def test_shipped_calibration_is_the_fit_of_the_committed_answers(rows, fitted):
     assert json.loads(CALIBRATION_FILE.read_text())["answers"] == len(rows)
     # It says what the answers were made with, so a tier serving something else is told apart.
     assert shipped.fitted_for == calibrate.fitted_for(rows, fitted)
+    # and the fit without sample signals, the cascade's first look at an answer
+    assert shipped.without_samples == fitted.without_samples
+    assert not set(shipped.free.features) & calibrate.SAMPLE_SIGNALS
     assert shipped.fitted_for["model"] == "smollm2-135m-instruct"
     assert shipped.fitted_for["features"] == shipped.features
 

@@ -93,6 +93,26 @@ def test_a_stream_draws_only_the_scoring_samples_even_from_a_consensus_tier():
     asyncio.run(scenario())
 
 
+def test_in_the_cascade_no_scoring_sample_is_drawn_with_the_answer():
+    """Below sample_below 1 the scorer draws samples after the answer, if at all; a consensus
+    tier still draws its own with the answer (they are its candidates)."""
+
+    async def scenario():
+        gate = gate_with([], [], quality={"samples": 4, "sample_below": 0.5})
+        fast, careful = gate.ladder
+        settings = gate.settings(job())
+        assert (settings.in_engine_samples, settings.later_samples) == (0, 4)
+        first = gate._generation(job(), "r", Attempt(fast, fast.sampling(Sampling())), settings)
+        assert first.samples == 0 and first.signal_top_k == 5
+        consensus = gate._generation(job(), "r", Attempt(careful, careful.sampling(Sampling())),
+                                     settings)
+        assert consensus.samples == 8
+        always = gate.settings(job(sample_below=1.0))
+        assert (always.in_engine_samples, always.later_samples) == (4, 0)
+
+    asyncio.run(scenario())
+
+
 def test_the_client_s_override_wins_over_the_config():
     async def scenario():
         gate = gate_with([], [])

@@ -133,3 +133,58 @@ def test_a_tier_serving_another_model_or_dtype_than_its_calibration_is_uncalibra
     assert "uncalibrated" in report.degraded
     tier.availability.up("fast", {"model": fitted["model"], "dtype": "float16"})
     assert "float16" in s.calibration_view(tier)["reason"]
+
+
+def cascade_scorer(answers: list[str], quality: QualityConfig | None = None):
+    """A scorer whose tier draws `answers` as samples (recording each draw's request)."""
+    draws = []
+
+    async def generate(request):
+        draws.append(request)
+        return GenerationResult(
+            choices=[Candidate(text=a, finish_reason="stop", completion_tokens=2,
+                               logprobs=[TokenLogprob(token="x", logprob=-0.2)])
+                     for a in answers[:request.sampling.n]],
+            prompt_tokens=3, model_id="m", tier="fast")
+
+    s = scorer(quality)
+    s.ladder[0].handle.methods["generate"] = generate
+    return s, draws
+
+
+def test_an_answer_sure_without_samples_draws_none():
+    s, draws = cascade_scorer(["Canberra."] * 4)
+    cost = Cost()
+    served, report = asyncio.run(s.judge(JOB, result("Canberra is the capital."), s.ladder[0],
+                                         True, cost, draw=4, sample_below=0.0))
+    assert draws == [] and report.samples == 0 and served.text == "Canberra is the capital."
+    # scored by the calibration's fit without sample signals, at that fit's own threshold
+    assert report.threshold == s.calibration.free.threshold
+    assert not {"agreement", "overlap", "consistency"} & set(report.components)
+
+
+def test_an_answer_in_doubt_draws_capped_samples_and_the_vote_serves_the_majority():
+    s, draws = cascade_scorer(["Canberra.", "Canberra, in the ACT.", "Canberra.", "Perth."],
+                              QualityConfig(sample_max_tokens=16))
+    cost = Cost()
+    served, report = asyncio.run(s.judge(JOB, result("It is Sydney."), s.ladder[0], True, cost,
+                                         draw=4, sample_below=1.0))
+    [draw] = draws
+    assert draw.sampling.n == 4 and draw.sampling.max_tokens == 16
+    assert draw.sampling.temperature == QualityConfig().sample_temperature
+    assert "Canberra" in served.text and report.samples == 4
+    assert "agreement" in report.components and report.threshold == s.calibration.threshold
+    assert cost.tokens == 8 and cost.generation_ms >= 0  # the samples' tokens are counted
+
+
+def test_samples_that_cannot_be_drawn_leave_the_sample_free_score():
+    s, _ = cascade_scorer([])
+
+    async def down(request):
+        raise DeploymentUnavailableError("fast")
+
+    s.ladder[0].handle.methods["generate"] = down
+    served, report = asyncio.run(s.judge(JOB, result("It is Sydney."), s.ladder[0], True, Cost(),
+                                         draw=4, sample_below=1.0))
+    assert served.text == "It is Sydney." and report.samples == 0
+    assert report.threshold == s.calibration.free.threshold
