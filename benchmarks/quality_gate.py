@@ -124,11 +124,14 @@ def summarise(rows: list[dict]) -> dict:
     }
 
 
-async def run(base: str, questions: list[Question], concurrency: int = 8, bar=None) -> dict:
+async def run(base: str, questions: list[Question], concurrency: int = 8, bar=None,
+              policies: list[str] | None = None) -> dict:
     out: dict = {"questions": len(questions), "concurrency": concurrency, "policies": {},
                  "requests": {}}
     async with httpx.AsyncClient(base_url=base, timeout=600) as client:
         for name, policy in POLICIES.items():
+            if policies and name not in policies and name != BASELINE:
+                continue
             rows, _ = await load.run_concurrent(
                 lambda i, policy=policy: answer(client, questions[i], policy), len(questions),
                 concurrency)
@@ -192,8 +195,11 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=120)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--policies", nargs="*", choices=list(POLICIES), default=None,
+                        help="only these (and the greedy baseline)")
     args = parser.parse_args()
-    result = asyncio.run(run(args.url, pick_questions(args.questions), args.concurrency))
+    result = asyncio.run(run(args.url, pick_questions(args.questions), args.concurrency,
+                             policies=args.policies))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quality_gate.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "quality_gate.md").write_text(markdown(result))

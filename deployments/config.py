@@ -194,7 +194,8 @@ class QualityConfig(Strict):
         None, ge=1, description="a sample's length cap below the request's max_tokens (None: none)"
     )
     vote: bool = Field(
-        True, description="serve the candidate (answer or sample) the others agree with most"
+        False, description="serve the candidate (answer or sample) the others agree with most "
+        "(a consensus tier always does)"
     )
     signal_top_k: int = Field(5, ge=0, le=20, description="candidates per token for the entropy")
     cross_tier: bool = Field(

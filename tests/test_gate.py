@@ -109,6 +109,9 @@ def test_in_the_cascade_no_scoring_sample_is_drawn_with_the_answer():
         assert consensus.samples == 8
         always = gate.settings(job(sample_below=1.0))
         assert (always.in_engine_samples, always.later_samples) == (4, 0)
+        # samples are evidence unless quality.vote; a consensus tier always votes
+        assert not gate._votes(fast) and gate._votes(careful)
+        assert gate_with([], [], quality={"vote": True})._votes(fast)
 
     asyncio.run(scenario())
 
