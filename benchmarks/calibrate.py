@@ -59,6 +59,7 @@ C_GRID = [0.003, 0.01, 0.03, 0.1, 0.3, 1.0]
 # (out-of-kind predictions on the fit split): blocking good answers costs retries for nothing.
 RIGHT_PASS_TARGET = 0.85
 BINS = 10  # equal-width probability bins for ECE and the reliability diagram
+CASCADE_BANDS = (0.2, 0.3, 0.4, 0.5)  # sample_below values whose sampled share is reported
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,6 +398,8 @@ def evaluate(rows: list[dict], probs: list[float], threshold: float, base_rate: 
         "brier": round(sum((p - y) ** 2 for p, y in zip(probs, labels)) / n, 4),
         "brier_base_rate": round(sum((base_rate - y) ** 2 for y in labels) / n, 4),
         "ece": round(ece, 4), "right_passed": _share(right), "wrong_passed": _share(wrong),
+        # the cascade: the share of answers that would draw samples at each sample_below
+        "below": {str(b): _share([p < b for p in probs]) for b in CASCADE_BANDS},
         "reliability": [[round(sum(p for p, _ in b) / len(b), 4),
                          round(sum(y for _, y in b) / len(b), 4), len(b)] for b in bins if b],
         "kinds": kinds,
@@ -486,6 +489,8 @@ def markdown(r: dict) -> str:
                   "|---|" + "---|" * len(free["sets"])]
         lines += [f"| {label} | " + " | ".join(cell(s) for s in free["sets"].values()) + " |"
                   for label, cell in rows[1:2] + rows[4:5] + rows[8:]]
+        lines += [f"| would draw samples at sample_below {b} | " + " | ".join(
+            pct(s["below"][str(b)]) for s in free["sets"].values()) + " |" for b in CASCADE_BANDS]
     for name, s in sets.items():
         lines += ["", f"**{name}**, per kind:", "",
                   "| kind | n | accuracy | predicted | AUC within | Brier | Brier base rate | "
