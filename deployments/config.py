@@ -187,7 +187,7 @@ class QualityConfig(Strict):
     )
     sample_temperature: float = Field(0.8, gt=0, le=2)
     sample_below: float = Field(
-        1.0, ge=0, le=1, description="the cascade: samples are drawn only for an answer whose "
+        0.3, ge=0, le=1, description="the cascade: samples are drawn only for an answer whose "
         "sample-free score is below this, after it; 1: always, with the answer; 0: never"
     )
     sample_max_tokens: int | None = Field(

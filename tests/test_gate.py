@@ -79,7 +79,8 @@ def test_a_stream_draws_only_the_scoring_samples_even_from_a_consensus_tier():
     nothing: the stream draws the scoring samples only (at their temperature)."""
 
     async def scenario():
-        gate = gate_with([], [], quality={"samples": 4, "sample_temperature": 0.8})
+        gate = gate_with([], [], quality={"samples": 4, "sample_temperature": 0.8,
+                                          "sample_below": 1.0})
         careful = gate.ladder[1]
         attempt = Attempt(careful, careful.sampling(Sampling()))
         settings = gate.settings(job())

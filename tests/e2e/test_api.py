@@ -26,8 +26,9 @@ def calibration_notes(http) -> list[str]:
 
 
 def test_chat_answers_paris_with_usage_and_quality(client, http):
-    raw = client.chat.completions.with_raw_response.create(
-        model=CHAT, messages=FRANCE, temperature=0, max_tokens=32)
+    raw = client.chat.completions.with_raw_response.create(  # samples with the answer
+        model=CHAT, messages=FRANCE, temperature=0, max_tokens=32,
+        extra_body={"quality": {"sample_below": 1.0}})
     resp = raw.parse()
     assert "Paris" in resp.choices[0].message.content
     assert resp.choices[0].finish_reason == "stop"
@@ -43,6 +44,21 @@ def test_chat_answers_paris_with_usage_and_quality(client, http):
     assert raw.headers["x-served-by"] == "fast/" + CHAT
     assert float(raw.headers["x-quality-score"]) == pytest.approx(quality["score"], abs=1e-3)
     assert resp.choices[0].logprobs is None  # asked for internally, never leaked
+
+
+def test_the_cascade_draws_samples_only_below_sample_below(http):
+    """The default gate scores an answer without samples first; samples come only below
+    `sample_below`, and then their signals are in the report."""
+    # 0: no free score is below it; 0.999: no calibrated probability reaches it here
+    for below, sampled in ((0.0, False), (0.999, True)):
+        r = http.post("/v1/chat/completions", json={
+            "model": CHAT, "messages": FRANCE, "temperature": 0, "max_tokens": 32,
+            "quality": {"sample_below": below, "max_attempts": 1}})
+        assert r.status_code == 200
+        quality, usage = r.json()["quality"], r.json()["usage"]
+        assert quality["samples"] == (4 if sampled else 0), quality
+        assert ("agreement" in quality["components"]) == sampled
+        assert (quality["timing"]["tokens"] > usage["completion_tokens"]) == sampled
 
 
 def test_stream_reassembles_to_the_non_stream_text(client):

@@ -74,8 +74,9 @@ def test_failed_model_load_is_reported_with_its_cause(broken_apps):
 
 def test_tier_down_next_tier_serves_scored_without_relevance(broken_apps):
     client = openai.OpenAI(base_url=f"{BASE}/degraded/v1", api_key="x", max_retries=0, timeout=120)
-    raw = client.chat.completions.with_raw_response.create(
-        model=CHAT, messages=FRANCE, temperature=0, max_tokens=24)
+    raw = client.chat.completions.with_raw_response.create(  # samples with the answer
+        model=CHAT, messages=FRANCE, temperature=0, max_tokens=24,
+        extra_body={"quality": {"sample_below": 1.0}})
     resp = raw.parse()
     assert "Paris" in resp.choices[0].message.content
     assert raw.headers["x-served-by"] == f"backup/{CHAT}"
