@@ -183,7 +183,8 @@ class QualityConfig(Strict):
         "None: deployments/quality_calibration.json"
     )
     samples: int = Field(
-        4, ge=0, le=16, description="consistency samples drawn with each answer; 0: no consistency"
+        4, ge=0, le=16, description="consistency samples of an answer in doubt (`sample_below`); "
+        "0: no consistency"
     )
     sample_temperature: float = Field(0.8, gt=0, le=2)
     sample_below: float = Field(

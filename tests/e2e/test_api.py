@@ -83,7 +83,10 @@ def test_stream_carries_quality_in_the_last_chunk_before_done(http):
     assert events[-1] == "[DONE]"
     last = json.loads(events[-2])
     assert last["choices"][0]["finish_reason"] == "stop"
-    assert last["quality"]["tier"] == "fast" and "agreement" in last["quality"]["components"]
+    quality = last["quality"]
+    assert quality["tier"] == "fast"
+    # the cascade: sample signals exactly when samples were drawn for this answer
+    assert ("agreement" in quality["components"]) == (quality["samples"] > 0), quality
     assert all("quality" not in json.loads(e) for e in events[:-2])
 
 
@@ -250,12 +253,17 @@ def test_consensus_tier_answers_with_an_agreed_candidate(client):
 def test_fitted_calibration_is_what_the_router_serves(client):
     from deployments.quality import Calibration
 
-    cal = Calibration.load()
-    resp = client.chat.completions.create(model=CHAT, messages=FRANCE, max_tokens=16,
-                                          temperature=0, extra_body={"quality": {"max_attempts": 1}})
-    quality = resp.model_extra["quality"]
-    assert quality["threshold"] == pytest.approx(cal.threshold)
-    assert quality["score"] == pytest.approx(cal.probability(quality["components"])[0], abs=1e-3)
+    shipped = Calibration.load()
+    for below in (0.0, 1.0):  # scored without samples (the sample-free fit), then with them
+        resp = client.chat.completions.create(
+            model=CHAT, messages=FRANCE, max_tokens=16, temperature=0,
+            extra_body={"quality": {"max_attempts": 1, "sample_below": below}})
+        quality = resp.model_extra["quality"]
+        cal = shipped if quality["samples"] else shipped.free
+        assert bool(quality["samples"]) == (below == 1.0)
+        assert quality["threshold"] == pytest.approx(cal.threshold)
+        assert quality["score"] == pytest.approx(cal.probability(quality["components"])[0],
+                                                 abs=1e-3)
 
 
 def test_health_reports_each_deployment(http):
