@@ -41,7 +41,7 @@ POLICIES = {
     "cascade, scored once": {"max_attempts": 1, "sample_below": CASCADE_BELOW},
     "gate, default config": {},
 }
-BASELINE, SCORED_ONCE = "greedy, no gate", "cascade, scored once"
+BASELINE = "greedy, no gate"
 
 
 def _round_robin(by_kind: dict[str, list[Question]]):
