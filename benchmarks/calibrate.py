@@ -27,12 +27,12 @@ import asyncio
 import hashlib
 import json
 import math
-import sys
 from pathlib import Path
 
 import httpx
 
 from benchmarks import load
+from benchmarks.report import write_results
 from benchmarks.questions import HELD_OUT, Question, judge
 
 ROOT = Path(__file__).resolve().parent
@@ -565,11 +565,8 @@ def main() -> None:
     calibration = fit_gate(rows, samples)
     result = report(rows, calibration, samples)
     calibration.save(args.out, selection=calibration.selection, answers=len(rows))
-    args.results.mkdir(exist_ok=True, parents=True)
-    (args.results / "quality_calibration.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.results / "quality_calibration.md").write_text(markdown(result))
+    write_results(args.results, "quality_calibration", result, markdown(result))
     reliability_plot(result, args.results / "quality_calibration.png")
-    sys.stdout.write(markdown(result))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.report import write_results
 from deployments import memory
 from deployments.encoder import SentenceEncoder
 
@@ -196,10 +197,7 @@ def main() -> None:
     for name in MAX_MODEL_LEN:
         result["memory"].append(llm_memory(name))
         print(result["memory"][-1], flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "gpu.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, "gpu", result, markdown(result))
 
 
 if __name__ == "__main__":

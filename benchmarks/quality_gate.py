@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 from pathlib import Path
 
 import httpx
 
 from benchmarks import load
+from benchmarks.report import write_results
 from benchmarks.questions import Question, build_questions, judge, split_of
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -200,11 +200,8 @@ def main() -> None:
     args = parser.parse_args()
     result = asyncio.run(run(args.url, pick_questions(args.questions), args.concurrency,
                              policies=args.policies))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "quality_gate.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "quality_gate.md").write_text(markdown(result))
+    write_results(args.out, "quality_gate", result, markdown(result))
     plot(result, args.out / "quality_gate.png")
-    print(markdown(result))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+
+def write_results(out: Path, name: str, result: dict, table: str) -> None:
+    """A benchmark's `name`.json and `name`.md under `out`, and the table on stdout."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{name}.md").write_text(table)
+    print(table)
 
 # name: (what, target, "min" if higher is better else "max")
 TARGETS = {

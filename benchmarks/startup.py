@@ -30,6 +30,7 @@ from pathlib import Path
 
 from benchmarks.overhead import first_answer
 from benchmarks.peers import ROOT, VLLMServer, fast_tier
+from benchmarks.report import write_results
 from deployments.llm import CPU_ENGINE_ENV
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -168,10 +169,7 @@ def main() -> None:
         result["one"] += engines(1, decode=True)
         result["one_worker_process"] += engines(1, worker_process=True, decode=True)
     result["two"] = engines(2)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "startup.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "startup.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, "startup", result, markdown(result))
 
 
 if __name__ == "__main__":
