@@ -8,9 +8,11 @@ held-out kind, spread over the topics and kinds; each is answered non-streamed a
 under each policy:
 - `greedy, no gate`: the entry tier's greedy answer, nothing scored (what `vllm serve` gives);
 - `samples with every answer, scored once`: 4 samples drawn with the answer in the same engine
-  request, the vote among them served, no retry (the gate before the cascade);
-- `cascade, scored once`: the answer's sample-free score first; samples (and the vote) only below
+  request, the greedy answer served, no retry (the gate before the cascade);
+- `cascade, scored once`: the answer's sample-free score first; samples only below
   `sample_below`; no retry;
+- `... + vote`: the same, and the candidate the answer and its samples agree on most is served
+  (`quality.vote`);
 - `gate, default config`: the config as shipped: below the threshold the router retries and
   escalates to the `careful` tier, whose consensus answer is served.
 Each answer is judged by the matcher; every request is recorded with its status and latency
@@ -39,6 +41,8 @@ POLICIES = {
     "greedy, no gate": {"enabled": False},
     "samples with every answer, scored once": {"max_attempts": 1, "sample_below": 1.0},
     "cascade, scored once": {"max_attempts": 1, "sample_below": CASCADE_BELOW},
+    "samples with every answer + vote": {"max_attempts": 1, "sample_below": 1.0, "vote": True},
+    "cascade + vote": {"max_attempts": 1, "sample_below": CASCADE_BELOW, "vote": True},
     "gate, default config": {},
 }
 BASELINE = "greedy, no gate"

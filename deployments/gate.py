@@ -44,6 +44,7 @@ class Settings:
     mode: str
     threshold: float | None  # the client's; None: the scorer's own (`Scorer.threshold`)
     sample_below: float  # the cascade: samples only below this sample-free score (1: always)
+    vote: bool  # serve the candidate the samples agree with most (a consensus tier always does)
 
     @property
     def in_engine_samples(self) -> int:
@@ -103,12 +104,13 @@ class Gate:
         cfg, override = self.config, job.quality
         defaults = Settings(cfg.quality.enabled, cfg.quality.samples,
                             cfg.max_attempts_per_tier * len(self.ladder), cfg.gate_mode, None,
-                            cfg.quality.sample_below)
+                            cfg.quality.sample_below, cfg.quality.vote)
         if override is None:
             return defaults
         given = {"enabled": override.enabled, "samples": override.samples,
                  "max_attempts": override.max_attempts, "mode": override.gate_mode,
-                 "threshold": override.threshold, "sample_below": override.sample_below}
+                 "threshold": override.threshold, "sample_below": override.sample_below,
+                 "vote": override.vote}
         return Settings(**{**defaults.__dict__, **{k: v for k, v in given.items() if v is not None}})
 
     def _generation(self, job: Job, request_id: str, attempt: Attempt, settings: Settings,
@@ -157,7 +159,7 @@ class Gate:
 
         async def score(result: GenerationResult):
             tier = next(t for t in self.ladder if t.name == result.tier)
-            return await self.scorer.judge(job, result, tier, self._votes(tier), cost,
+            return await self.scorer.judge(job, result, tier, self._votes(tier, settings), cost,
                                            settings.threshold, draw=settings.later_samples,
                                            sample_below=settings.sample_below)
 
@@ -226,9 +228,10 @@ class Gate:
         cost.stamp(report)
         yield StreamReport(report=report.to_dict())
 
-    def _votes(self, tier: Tier) -> bool:
+    @staticmethod
+    def _votes(tier: Tier, settings: Settings) -> bool:
         """Whether the answer served is the one its samples agree with most, not the first."""
-        return tier.consensus_samples > 0 or self.config.quality.vote
+        return tier.consensus_samples > 0 or settings.vote
 
     @staticmethod
     def _count_move(tally: Tally, tier: Tier) -> None:
@@ -248,7 +251,8 @@ class Gate:
         attempt = Attempt(tier, tier.sampling(job.sampling))
         result = await tier.call("generate", self._generation(job, job.request_id, attempt, settings),
                                  self.config.generation_timeout_s)
-        result, report = await self.scorer.judge(job, result, tier, self._votes(tier), Cost(),
+        result, report = await self.scorer.judge(job, result, tier, self._votes(tier, settings),
+                                                  Cost(),
                                                   served=False, draw=settings.later_samples,
                                                   sample_below=settings.sample_below)
         return result.text, report.score

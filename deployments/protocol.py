@@ -118,6 +118,7 @@ class QualityOverride(Lenient):
     samples: int | None = Field(None, ge=0, le=16, description="consistency samples per answer")
     sample_below: float | None = Field(None, ge=0, le=1,
                                        description="draw samples only below this sample-free score")
+    vote: bool | None = Field(None, description="serve the candidate the samples agree with most")
 
 
 class StreamOptions(Lenient):

@@ -110,9 +110,12 @@ def test_in_the_cascade_no_scoring_sample_is_drawn_with_the_answer():
         assert consensus.samples == 8
         always = gate.settings(job(sample_below=1.0))
         assert (always.in_engine_samples, always.later_samples) == (4, 0)
-        # samples are evidence unless quality.vote; a consensus tier always votes
-        assert not gate._votes(fast) and gate._votes(careful)
-        assert gate_with([], [], quality={"vote": True})._votes(fast)
+        # samples are evidence unless quality.vote (config or request); a consensus tier votes
+        assert not gate._votes(fast, settings) and gate._votes(careful, settings)
+        voting = gate_with([], [], quality={"vote": True})
+        assert voting._votes(fast, voting.settings(job()))
+        assert gate._votes(fast, gate.settings(job(vote=True)))
+        assert not voting._votes(fast, voting.settings(job(vote=False)))
 
     asyncio.run(scenario())
 
