@@ -6,6 +6,7 @@ receives its own typed sub-config. Unknown keys are rejected so a typo fails at 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -237,6 +238,10 @@ class RouterConfig(Strict):
     api_key_env: str = Field(
         "GRAPHSERVE_API_KEY", description="env var holding the API key; unset: no auth"
     )
+    require_api_key: bool = Field(
+        False, description="refuse to start when the key's env var is unset or empty (a cluster: "
+        "a missing Secret must not serve an open API)"
+    )
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(120.0, gt=0)
     first_token_timeout_s: float = Field(
@@ -287,6 +292,15 @@ class RouterConfig(Strict):
             raise ValueError(f"gate_budget_s ({self.gate_budget_s}) must be below "
                              f"request_timeout_s ({self.request_timeout_s})")
         return self
+
+    def api_key(self, environ: Mapping[str, str]) -> str | None:
+        """The key, read from the environment and never from the YAML (so it stays out of
+        version control); None: no auth, unless the config requires a key."""
+        key = environ.get(self.api_key_env) or None
+        if key is None and self.require_api_key:
+            raise ValueError(f"router.require_api_key is set and {self.api_key_env} is unset or "
+                             "empty: refusing to serve an open API")
+        return key
 
 
 class GraphConfig(Strict):

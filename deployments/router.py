@@ -129,8 +129,7 @@ class Router:
         self.config = config
         self.embedder = embedder
         self.gate = Gate(config, tiers, embedder)
-        # Read from the environment, never from the YAML, so the key is not in version control.
-        self.api_key = os.environ.get(config.api_key_env) or None
+        self.api_key = config.api_key(os.environ)
 
     def _authorize(self, request: Request) -> None:
         if self.api_key is None:

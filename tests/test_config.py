@@ -54,3 +54,14 @@ def test_the_gate_budget_must_end_before_the_request_timeout():
         DeploymentOptions(max_queued_requests=0)
 
 
+
+
+def test_the_api_key_comes_from_the_environment_and_can_be_required():
+    plain = RouterConfig()
+    assert plain.api_key({}) is None and plain.api_key({"GRAPHSERVE_API_KEY": ""}) is None
+    assert plain.api_key({"GRAPHSERVE_API_KEY": "k"}) == "k"
+    required = RouterConfig(require_api_key=True, api_key_env="KEY")
+    assert required.api_key({"KEY": "k"}) == "k"
+    for environ in ({}, {"KEY": ""}, {"GRAPHSERVE_API_KEY": "k"}):
+        with pytest.raises(ValueError, match="KEY is unset or empty"):
+            required.api_key(environ)

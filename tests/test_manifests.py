@@ -243,6 +243,10 @@ def test_secrets_are_required_and_every_ray_container_has_the_api_key():
     for c in containers_of(by_kind("RayService")):
         (key,) = [e for e in c["env"] if e["name"] == "GRAPHSERVE_API_KEY"]
         assert key["valueFrom"]["secretKeyRef"] == {"name": "graphserve", "key": "api-key"}
+    # and the router itself refuses to start without it (a Secret emptied later, a renamed var)
+    profile = yaml.safe_load(by_kind("RayService")["spec"]["serveConfigV2"])
+    router = profile["applications"][0]["args"]["router"]
+    assert router["require_api_key"] is True and router["api_key_env"] == "GRAPHSERVE_API_KEY"
 
 
 def test_the_model_volume_is_defined_read_only_for_ray_and_filled_by_the_job():
