@@ -58,6 +58,8 @@ C_GRID = [0.003, 0.01, 0.03, 0.1, 0.3, 1.0]
 # The operating point: the highest threshold that still passes this share of right answers
 # (out-of-kind predictions on the fit split): blocking good answers costs retries for nothing.
 RIGHT_PASS_TARGET = 0.85
+# The off-topic guard's floor: below the relevance of all but this share of the fit's right answers.
+RELEVANCE_FLOOR_SHARE = 0.01
 BINS = 10  # equal-width probability bins for ECE and the reliability diagram
 CASCADE_BANDS = (0.2, 0.3, 0.4, 0.5)  # sample_below values whose sampled share is reported
 
@@ -324,7 +326,20 @@ def fit(rows: list[dict], choose: tuple[str, float] | None = None, samples: bool
                                    f"left out of the fit ({len(train)} answers)")
     calibration.selection = {"features": name, "C": c, "within_kind_auc": {
         k: round(v, 4) for k, v in selection.items() if v is not None}}
+    calibration.relevance_floor = relevance_floor(train)
     return calibration
+
+
+def relevance_floor(train: list[dict]) -> float | None:
+    """The off-topic guard: the relevance that all but RELEVANCE_FLOOR_SHARE of the right answers
+    reach, rounded down to 0.05. Fitted on right answers alone: the labelled sets hold no answers
+    to other questions, so the regression cannot learn to reject them (benchmarks/offtopic.py
+    measures the guard on such pairs)."""
+    values = sorted(r["signals"]["relevance"] for r in train
+                    if r["right"] and "relevance" in r["signals"])
+    if not values:
+        return None
+    return math.floor(values[int(RELEVANCE_FLOOR_SHARE * (len(values) - 1))] * 20) / 20
 
 
 def fit_gate(rows: list[dict], samples: bool = True):
@@ -416,6 +431,7 @@ def report(rows: list[dict], calibration, samples: bool = True) -> dict:
     out = {"answers": len(rows), "right": sum(r["right"] for r in rows), "fit_answers": len(train),
            "base_rate": round(base, 4), "threshold": calibration.threshold,
            "operating_point": calibration.operating_point, "platt": calibration.platt,
+           "relevance_floor": calibration.relevance_floor,
            "selection": getattr(calibration, "selection", None),
            "features": dict(zip(calibration.features, calibration.coef)), "sets": {}}
     held_out = f"templated held-out kind ({HELD_OUT})"
@@ -468,7 +484,8 @@ def markdown(r: dict) -> str:
         f"{r['base_rate']:.1%}). Features: {sel['features']} ({len(r['features'])} signals), "
         f"C = {sel['C']}, chosen by the mean within-kind AUC of out-of-kind predictions on the "
         f"fit split; Platt map {r['platt'][0]:.3f} × logit + {r['platt'][1]:.3f}. Threshold "
-        f"{r['threshold']:.3f}: {r['operating_point']}.", "",
+        f"{r['threshold']:.3f}: {r['operating_point']}. Off-topic guard: relevance below "
+        f"{r.get('relevance_floor')} scores 0.", "",
         "| | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
     rows = [("answers (right)", lambda s: f"{s['answers']} ({s['right']})"),
             ("**AUC, calibrated score**", lambda s: f"**{num(s['auc'])}**"),

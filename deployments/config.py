@@ -266,9 +266,10 @@ class RouterConfig(Strict):
     )
     max_attempts_per_tier: int = Field(2, ge=1)
     gate_budget_s: float = Field(
-        60.0, gt=0, description="a retry or escalation starts only if, at the pace of the "
-        "attempts so far, it would end within this many seconds of the request; else the best "
-        "answer so far is served (`budget_exhausted` in its report), not a 504 later"
+        60.0, gt=0, description="a retry, an escalation or the cascade's samples start only "
+        "if, at the pace of the attempts so far, they would end within this many seconds of the "
+        "request (samples still running then are dropped); else the best answer so far is served "
+        "(`budget_exhausted` in its report), not a 504 later"
     )
     retry_temperature_factor: float = Field(
         0.5, ge=0, le=1, description="a retry samples at this fraction of the last temperature"

@@ -144,6 +144,7 @@ class Gate:
                              self.config.max_attempts_per_tier * len(self.ladder),
                              self.config.retry_temperature_factor)
         counter, cost, tally = iter(range(len(plan))), Cost(), Tally()
+        deadline = time.monotonic() + self.config.gate_budget_s
 
         async def generate(attempt: Attempt) -> GenerationResult:
             tier: Tier = attempt.tier
@@ -161,7 +162,7 @@ class Gate:
             tier = next(t for t in self.ladder if t.name == result.tier)
             return await self.scorer.judge(job, result, tier, self._votes(tier, settings), cost,
                                            settings.threshold, draw=settings.later_samples,
-                                           sample_below=settings.sample_below)
+                                           sample_below=settings.sample_below, deadline=deadline)
 
         outcome = await run_gated(plan, generate, score if settings.enabled else None,
                                   settings.max_attempts, budget_s=self.config.gate_budget_s)
@@ -224,7 +225,8 @@ class Gate:
                     tokens=result.tokens_generated)
         _, report = await self.scorer.judge(job, result, tier, False, cost, settings.threshold,
                                             draw=settings.later_samples,
-                                            sample_below=settings.sample_below)
+                                            sample_below=settings.sample_below,
+                                            deadline=started + self.config.gate_budget_s)
         cost.stamp(report)
         yield StreamReport(report=report.to_dict())
 

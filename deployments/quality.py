@@ -48,15 +48,16 @@ class QualityReport:
     degraded: list[str] = field(default_factory=list)
     attempts: int = 1
     samples: int = 0  # samples the answer was scored (and voted) with; 0: scored on its own
-    budget_exhausted: bool = False  # the gate stopped retrying: router.gate_budget_s
+    budget_exhausted: bool = False  # the gate stopped short (retries, samples): gate_budget_s
     tier: str | None = None
     model: str | None = None
     timing: dict[str, float] | None = None  # generation_ms / scoring_ms / tokens, set by the router
     structure: dict | None = None  # a JSON answer's check (response_format): `structure_check`
+    guard: str | None = None  # why the score is 0 whatever the fit says: `guard`
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for key in ("timing", "structure"):
+        for key in ("timing", "structure", "guard"):
             if d[key] is None:
                 del d[key]
         d["score"] = round(self.score, 4)
@@ -262,6 +263,9 @@ class Calibration:
     # The same answers fitted without the sample signals: the gate's first, free look at an
     # answer, which decides whether samples are worth drawing (`QualityConfig.sample_below`).
     without_samples: Calibration | None = None
+    # The off-topic guard: an answer less related to its prompt than (nearly) every right answer
+    # of the fit was scores 0 (`guard`); None: no guard.
+    relevance_floor: float | None = None
 
     @classmethod
     def from_dict(cls, data: dict) -> Calibration:
@@ -325,13 +329,25 @@ def score_signals(values: dict[str, float], calibration: Calibration,
                   threshold: float | None = None, repetition_floor: float = 0.5) -> QualityReport:
     """The calibrated score of computed signals (also how `make calibrate` scores stored ones)."""
     score, missing = calibration.probability(values)
-    # Degenerate output cannot be right, whatever the engine's confidence says: no words, or a
-    # loop (repetition below the floor).
-    if values["completeness"] == 0.0 or values["repetition"] < repetition_floor:
+    reason = guard(values, repetition_floor, calibration.relevance_floor)
+    if reason is not None:
         score = 0.0
     limit = calibration.threshold if threshold is None else threshold
     return QualityReport(score=score, passed=score >= limit, threshold=limit,
-                         components=dict(values), degraded=missing)
+                         components=dict(values), degraded=missing, guard=reason)
+
+
+def guard(values: dict[str, float], repetition_floor: float,
+          relevance_floor: float | None) -> str | None:
+    """What no fitted probability may outweigh, because the labelled answers hold too few such
+    cases for a fit to learn: no words, a loop, an answer to another question."""
+    if values["completeness"] == 0.0:
+        return "empty"
+    if values["repetition"] < repetition_floor:
+        return "loop"
+    if relevance_floor is not None and values.get("relevance", 1.0) < relevance_floor:
+        return "off_topic"
+    return None
 
 
 def structure_check(answer: str, structured: dict | None) -> dict | None:

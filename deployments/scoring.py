@@ -115,7 +115,7 @@ class Scorer:
 
     async def judge(self, job: Job, result: GenerationResult, tier: Tier, consensus: bool,
                     cost: Cost, threshold: float | None = None, served: bool = True,
-                    draw: int = 0, sample_below: float = 1.0
+                    draw: int = 0, sample_below: float = 1.0, deadline: float | None = None
                     ) -> tuple[GenerationResult, quality.QualityReport]:
         """Signals and calibrated score of the answer (after a consensus pick among it and its
         samples when `consensus`), then with `cross_tier` the next tier's likelihood of the
@@ -123,7 +123,9 @@ class Scorer:
 
         The cascade: an answer that came without samples is scored first without them (its
         tokens and relevance: no engine work); only below `sample_below` are `draw` samples drawn
-        after it, and the answer scored (and voted on) with them."""
+        after it, and the answer scored (and voted on) with them. Not past `deadline` (monotonic
+        seconds: the gate's budget): samples that would not end by then at the pace of the answer
+        are not drawn, and those that do not are dropped (the report says `budget_exhausted`)."""
         started = time.monotonic()
         texts = [job.relevance_text, result.text, *(s.text for s in result.samples)]
         vectors = await self.embed(texts)
@@ -133,7 +135,10 @@ class Scorer:
                                 free=True)
             if free.score >= sample_below:
                 return result, self._finish(free, job, result, cost, started, served)
-            drawn = await self._draw_samples(tier, job, draw, cost)
+            drawn, out_of_time = await self._draw_in_time(tier, job, draw, cost, deadline)
+            if out_of_time:
+                free.budget_exhausted = True
+                return result, self._finish(free, job, result, cost, started, served)
             if drawn:
                 result = result.model_copy(update={"samples": drawn})
                 more = await self.embed([c.text for c in drawn])
@@ -198,6 +203,21 @@ class Scorer:
             report.tier, report.model = tier.name, tier.model_id
         Cost(scoring_ms=(time.monotonic() - started) * 1000).stamp(report)
         return report.to_dict()
+
+    async def _draw_in_time(self, tier: Tier, job: Job, k: int, cost: Cost,
+                            deadline: float | None) -> tuple[list[Candidate] | None, bool]:
+        """The cascade's samples, and whether the deadline left no time for them: none are
+        started that would not end by it at the answer's own pace (`cost.generation_ms`), and
+        those still running at it are cancelled (the engine aborts them)."""
+        if deadline is None:
+            return await self._draw_samples(tier, job, k, cost), False
+        remaining = deadline - time.monotonic()
+        if remaining < cost.generation_ms / 1000:
+            return None, True
+        try:
+            return await asyncio.wait_for(self._draw_samples(tier, job, k, cost), remaining), False
+        except asyncio.TimeoutError:
+            return None, True
 
     async def _draw_samples(self, tier: Tier, job: Job, k: int,
                             cost: Cost | None = None) -> list[Candidate] | None:

@@ -130,3 +130,19 @@ def test_overhead_ratios_compare_each_data_path_with_the_peers_of_the_same_run()
     assert ratios["default"] == {"chat_c16_ratio": 0.5, "chat_c16_gate_on_ratio": 0.25,
                                  "ttft_c1_delta_ms": 70.0, "embed_c32_ratio": 0.1,
                                  "cold_start_ratio": 2.0}
+
+
+def test_off_topic_pairs_show_each_right_answer_under_another_question():
+    from benchmarks import offtopic
+
+    rows = [{"id": f"{k}-{i}", "kind": k, "prompt": f"q {k} {i}", "answer": f"a {k} {i}",
+             "right": i != 1} for k in ("x", "y", "z") for i in range(3)]
+    shown = offtopic.pairs(rows)
+    right = [r for r in rows if r["right"]]
+    assert [r["id"] for _, r in shown["on-topic"]] == [r["id"] for r in right]
+    assert all(q == r["prompt"] for q, r in shown["on-topic"])
+    for pairing, same in (("another kind", False), ("same kind", True)):
+        assert len(shown[pairing]) == len(right)
+        for question, r in shown[pairing]:
+            asked = next(s for s in rows if s["prompt"] == question)
+            assert asked["id"] != r["id"] and (asked["kind"] == r["kind"]) == same

@@ -72,6 +72,7 @@ def test_shipped_calibration_is_the_fit_of_the_committed_answers(rows, fitted):
     assert shipped.fitted_for == calibrate.fitted_for(rows, fitted)
     # and the fit without sample signals, the cascade's first look at an answer
     assert shipped.without_samples == fitted.without_samples
+    assert shipped.relevance_floor == fitted.relevance_floor == shipped.free.relevance_floor
     assert not set(shipped.free.features) & calibrate.SAMPLE_SIGNALS
     assert shipped.fitted_for["model"] == "smollm2-135m-instruct"
     assert shipped.fitted_for["features"] == shipped.features
@@ -122,3 +123,15 @@ def test_a_fit_for_a_gate_that_draws_no_samples_uses_no_sample_signal(rows):
     assert any(set(f) & calibrate.SAMPLE_SIGNALS for f in with_samples.values())
     assert without and not any(set(f) & calibrate.SAMPLE_SIGNALS for f in without.values())
     assert len({tuple(f) for f in without.values()}) == len(without)  # no set tried twice
+
+
+def test_the_off_topic_floor_is_below_nearly_every_right_answer(rows):
+    """Fitted on right answers alone: at most RELEVANCE_FLOOR_SHARE of them fall below it, on a
+    0.05 grid; none stored, no guard."""
+    train = [r for r in rows if r["split"] == "fit"]
+    floor = calibrate.relevance_floor(train)
+    right = [r["signals"]["relevance"] for r in train if r["right"]]
+    assert 0 < floor and round(floor * 20, 9) == int(round(floor * 20, 9))
+    assert sum(x < floor for x in right) <= calibrate.RELEVANCE_FLOOR_SHARE * len(right)
+    assert sum(x < floor + 0.05 for x in right) > 0  # the quantile rounded down, not far below
+    assert calibrate.relevance_floor([{**r, "signals": {}} for r in train]) is None

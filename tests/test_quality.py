@@ -1,5 +1,6 @@
 """Signals and the calibrated score on plain data: milliseconds, no Ray, no models."""
 
+import dataclasses
 import json
 import math
 
@@ -129,6 +130,21 @@ def test_score_answer_gates_and_floors_degenerate_output():
     empty = Evidence(prompt=q, answer="", finish_reason="stop", logprobs=[], samples=["x"])
     assert score_answer(empty, CAL).score == 0
     assert not score_signals(r.components, CAL, threshold=0.999).passed
+    assert (score_answer(loop, CAL).guard, score_answer(empty, CAL).guard, r.guard) == (
+        "loop", "empty", None)
+    assert "guard" not in r.to_dict() and score_answer(loop, CAL).to_dict()["guard"] == "loop"
+
+
+def test_an_answer_to_another_question_fails_whatever_its_confidence():
+    guarded = dataclasses.replace(CAL, relevance_floor=0.4)
+    sure = {"mean_logprob": -0.01, "agreement": 1.0, "repetition": 1.0, "completeness": 1.0}
+    on_topic = score_signals({**sure, "relevance": 0.7}, guarded)
+    off_topic = score_signals({**sure, "relevance": 0.39}, guarded)
+    assert on_topic.passed and on_topic.guard is None
+    assert off_topic.score == 0 and not off_topic.passed and off_topic.guard == "off_topic"
+    # no guard without a floor, nor without relevance (the embedder down: degraded, not off-topic)
+    assert score_signals({**sure, "relevance": 0.1}, CAL).passed
+    assert score_signals(sure, guarded).passed
 
 
 def test_signals_include_relevance_and_cross_tier_when_given():

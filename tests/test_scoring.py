@@ -1,6 +1,7 @@
 """Scoring in the router with fake deployments: evidence, the consensus pick, the threshold."""
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -188,3 +189,38 @@ def test_samples_that_cannot_be_drawn_leave_the_sample_free_score():
                                          draw=4, sample_below=1.0))
     assert served.text == "It is Sydney." and report.samples == 0
     assert report.threshold == s.calibration.free.threshold
+
+
+def test_samples_are_drawn_only_within_the_gate_s_budget():
+    """The cascade draws samples only when they would end by the deadline at the answer's own
+    pace, and drops those still running at it: an answer, never a 504 for samples."""
+    async def scenario():
+        s, draws = cascade_scorer(["Canberra."] * 4)
+        tier, now = s.ladder[0], time.monotonic()
+        # the answer took 10 s and 5 s are left: no samples started
+        _, report = await s.judge(JOB, result("It is Sydney."), tier, True,
+                                  Cost(generation_ms=10_000), draw=4, sample_below=1.0,
+                                  deadline=now + 5)
+        assert draws == [] and report.samples == 0 and report.budget_exhausted
+        # time enough: drawn as before
+        _, report = await s.judge(JOB, result("It is Sydney."), tier, True, Cost(), draw=4,
+                                  sample_below=1.0, deadline=now + 60)
+        assert len(draws) == 1 and report.samples == 4 and not report.budget_exhausted
+        # samples still running at the deadline are cancelled; the sample-free score is served
+        cancelled = asyncio.Event()
+
+        async def slow(request):
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+        tier.handle.methods["generate"] = slow
+        served, report = await s.judge(JOB, result("It is Sydney."), tier, True, Cost(), draw=4,
+                                       sample_below=1.0, deadline=time.monotonic() + 0.2)
+        await asyncio.wait_for(cancelled.wait(), 1)
+        assert served.text == "It is Sydney." and report.samples == 0 and report.budget_exhausted
+        assert report.threshold == s.calibration.free.threshold
+
+    asyncio.run(scenario())
