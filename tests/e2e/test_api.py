@@ -171,11 +171,17 @@ def test_quality_score_endpoint_gives_text_signals_without_a_model(http):
         {"prompt": q, "answer": "Water boils at 100 degrees Celsius at sea level."},
         {"prompt": q, "answer": "Water boils at " * 20},
         {"prompt": q, "answer": ""},
+        {"prompt": q, "answer": "The Eiffel Tower in Paris was completed in 1889 for the fair."},
     ]})
     assert r.status_code == 200
-    good, loop, empty = r.json()["data"]
+    good, loop, empty, other = r.json()["data"]
     assert loop["score"] == 0 and empty["score"] == 0 and good["score"] > 0
     assert "relevance" in good["components"] and "mean_logprob" in good["degraded"]
+    # a fluent, complete answer to another question fails whatever else it shows
+    assert (loop["guard"], empty["guard"], other["guard"], "guard" in good) == (
+        "loop", "empty", "off_topic", False)
+    assert other["score"] == 0 and not other["passed"]
+    assert other["components"]["relevance"] < good["components"]["relevance"]
 
 
 def test_quality_score_endpoint_computes_model_signals_for_pairs(http):
