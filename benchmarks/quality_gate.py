@@ -14,7 +14,9 @@ under each policy:
 - `... + vote`: the same, and the candidate the answer and its samples agree on most is served
   (`quality.vote`);
 - `gate, default config`: the config as shipped: below the threshold the router retries and
-  escalates to the `careful` tier, whose consensus answer is served.
+  escalates to the `careful` tier, whose consensus answer is served;
+- `gate, default config, no samples`: the same with `sample_below` 0 (every answer scored on its
+  sample-free score).
 Each answer is judged by the matcher; every request is recorded with its status and latency
 (`results/quality_gate.json`, "requests"), and a failed one counts as a wrong answer. Also run by
 `make bench` against the graph it starts.
@@ -44,6 +46,7 @@ POLICIES = {
     "samples with every answer + vote": {"max_attempts": 1, "sample_below": 1.0, "vote": True},
     "cascade + vote": {"max_attempts": 1, "sample_below": CASCADE_BELOW, "vote": True},
     "gate, default config": {},
+    "gate, default config, no samples": {"sample_below": 0.0},
 }
 BASELINE = "greedy, no gate"
 

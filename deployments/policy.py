@@ -8,6 +8,7 @@ does the client get an error. No Ray: tested with fake tiers and a fake clock.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -93,6 +94,10 @@ def plan_attempts(
     return plan
 
 
+async def _within(work: Awaitable, timeout_s: float | None):
+    return await (work if timeout_s is None else asyncio.wait_for(work, max(timeout_s, 0)))
+
+
 async def run_gated(
     plan: list[Attempt],
     generate: Callable[[Attempt], Awaitable[GenerationResult]],
@@ -111,8 +116,9 @@ async def run_gated(
     consensus tier's pick among its samples).
 
     `budget_s`: once an answer is in hand, another attempt starts only if, at the pace of the
-    attempts so far, it would end within the budget; else the best answer so far is served (its
-    report says `budget_exhausted`).
+    attempts so far, it would end within the budget, and is cancelled if it runs past it all the
+    same (an escalation to a consensus tier does several times an answer's work); either way the
+    best answer so far is served (its report says `budget_exhausted`).
     """
     candidates: list[Outcome] = []
     down: set[str] = set()
@@ -127,8 +133,14 @@ async def run_gated(
             if elapsed + elapsed / len(candidates) > budget_s:
                 out_of_time = True
                 break
+        # The first attempt runs to its end (without it there is nothing to serve); later ones
+        # only until the budget does.
+        left = budget_s - (clock() - started) if candidates and budget_s < float("inf") else None
         try:
-            result = await generate(attempt)
+            result = await _within(generate(attempt), left)
+        except asyncio.TimeoutError:  # a later attempt ran past the budget: the engine aborts it
+            out_of_time = True
+            break
         except TierUnavailable as e:
             down.add(attempt.tier.name)
             busy.append(e.busy)

@@ -237,3 +237,28 @@ def test_a_tally_tells_retries_from_escalations():
     tally = Tally()
     assert [tally.next(t) for t in ("fast", "fast", "careful", "careful")] == [
         None, "retries", "escalations", "retries"]
+
+
+def test_a_later_attempt_past_the_budget_is_cancelled_and_the_answer_in_hand_served():
+    """The pace of a greedy answer says nothing of a consensus tier's 8 samples: an escalation
+    still running when the budget ends is cancelled (its engine aborts), not waited on to a 504."""
+    cancelled = []
+
+    async def generate(attempt):
+        if attempt.tier.index == 0:
+            return result("cut off in the", 0)
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.append(attempt.tier.name)
+            raise
+        return result("A complete answer.", 1)
+
+    plan = plan_attempts(rungs(0.0, 0.2), Sampling(temperature=0), 1, 10, 0.5)
+    out = run(run_gated(plan, generate, score, budget_s=0.3))
+    assert cancelled == ["t1"] and out.result.text == "cut off in the"
+    assert out.report.budget_exhausted and out.report.attempts == 1
+    # the first answer is never cut short: without it there is nothing to serve
+    slow_first = run(run_gated(plan[:1], lambda a: asyncio.sleep(0.4, result("Late but whole.", 0)),
+                               score, budget_s=0.1))
+    assert slow_first.result.text == "Late but whole."
