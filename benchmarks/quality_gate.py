@@ -9,6 +9,7 @@ under each policy:
 - `greedy, no gate`: the entry tier's greedy answer, nothing scored (what `vllm serve` gives);
 - `samples with every answer, scored once`: 4 samples drawn with the answer in the same engine
   request, the greedy answer served, no retry (the gate before the cascade);
+- `scored once, no samples`: the answer's sample-free score and guards, nothing more;
 - `cascade, scored once`: the answer's sample-free score first; samples only below
   `sample_below`; no retry;
 - `... + vote`: the same, and the candidate the answer and its samples agree on most is served
@@ -45,6 +46,7 @@ POLICIES = {
     "cascade, scored once": {"max_attempts": 1, "sample_below": CASCADE_BELOW},
     "samples with every answer + vote": {"max_attempts": 1, "sample_below": 1.0, "vote": True},
     "cascade + vote": {"max_attempts": 1, "sample_below": CASCADE_BELOW, "vote": True},
+    "scored once, no samples": {"max_attempts": 1, "sample_below": 0.0},
     "gate, default config": {},
     "gate, default config, no samples": {"sample_below": 0.0},
 }
