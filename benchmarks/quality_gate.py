@@ -99,7 +99,8 @@ async def answer(client: httpx.AsyncClient, q: Question, policy: dict) -> dict:
     except httpx.HTTPError as e:
         status, r = type(e).__name__, None
     row = {"id": q.id, "status": status, "latency_s": time.perf_counter() - started,
-           "right": False, "tokens": 0, "escalated": False, "passed": None, "sampled": False}
+           "right": False, "tokens": 0, "escalated": False, "passed": None, "sampled": False,
+           "out_of_budget": False}
     if status != 200:
         return row
     body = r.json()
@@ -109,7 +110,8 @@ async def answer(client: httpx.AsyncClient, q: Question, policy: dict) -> dict:
             "tokens": report["timing"]["tokens"] if report else body["usage"]["completion_tokens"],
             "escalated": bool(report) and report["tier"] != "fast" and "tier" not in policy,
             "passed": report["passed"] if report else None,
-            "sampled": bool(report) and report.get("samples", 0) > 0}
+            "sampled": bool(report) and report.get("samples", 0) > 0,
+            "out_of_budget": bool(report) and report.get("budget_exhausted", False)}
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -127,6 +129,8 @@ def summarise(rows: list[dict]) -> dict:
         "accuracy": round(sum(r["right"] for r in rows) / max(len(rows), 1), 4),
         "escalated": round(sum(r["escalated"] for r in rows) / max(len(rows), 1), 4),
         "sampled": round(sum(r.get("sampled", False) for r in rows) / max(len(rows), 1), 4),
+        # the gate stopped short (a retry, an escalation or samples cut by gate_budget_s)
+        "out_of_budget": round(sum(r.get("out_of_budget", False) for r in rows) / max(len(rows), 1), 4),
         "latency_p50_ms": round(load.pct(lat, 50), 1) if lat else None,
         "latency_p95_ms": round(load.pct(lat, 95), 1) if lat else None,
         "tokens_per_answer": round(sum(r["tokens"] for r in answered) / max(len(answered), 1), 1),
@@ -164,8 +168,8 @@ def markdown(r: dict) -> str:
              "Every request counts: a failed one is a wrong answer, and its latency is in the "
              "percentiles.", "",
              "| policy | accuracy (all requests) | vs greedy | failed (by status) | sampled | "
-             "escalated | p50 ms | p50 vs greedy | p95 ms | tokens/answer |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "escalated | out of budget | p50 ms | p50 vs greedy | p95 ms | tokens/answer |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     ratios = r.get("p50_vs_greedy", {})
     for name, p in r["policies"].items():
         failed = ", ".join(f"{n}× {s}" for s, n in sorted(p.get("failed_by_status", {}).items()))
@@ -173,6 +177,7 @@ def markdown(r: dict) -> str:
         lines.append(f"| {name} | {p['accuracy']:.1%} | {r['accuracy_gain_points'][name]:+.1f} pt | "
                      f"{p['failed']}{f' ({failed})' if failed else ''} | "
                      f"{p.get('sampled', 0):.0%} | {p['escalated']:.0%} | "
+                     f"{p.get('out_of_budget', 0):.0%} | "
                      f"{p['latency_p50_ms']} | {ratio} | {p['latency_p95_ms']} | "
                      f"{p['tokens_per_answer']} |")
     return "\n".join(lines) + "\n"
