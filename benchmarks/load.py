@@ -53,6 +53,20 @@ class Sample:
     extra: dict = field(default_factory=dict)
 
 
+def failures(statuses) -> dict[str, int]:
+    """Requests that did not answer 200, by status (an HTTP code or an exception's name)."""
+    out: dict[str, int] = {}
+    for status in statuses:
+        if status != 200:
+            out[str(status)] = out.get(str(status), 0) + 1
+    return out
+
+
+def failures_text(by_status: dict[str, int]) -> str:
+    """'2× 504, 1× ReadTimeout': a table cell."""
+    return ", ".join(f"{n}× {status}" for status, n in sorted(by_status.items()))
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")

@@ -29,6 +29,7 @@ from benchmarks import load
 from benchmarks.calibrate import QUESTION_SETS, _share, auc, load_questions, load_rows, question_of
 from benchmarks.questions import judge
 from benchmarks.report import write_results
+from deployments.quality import off_topic, score_signals
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PARTS = {"templated test": ("templated", "test"), "hand-written test half": ("natural", "test")}
@@ -53,16 +54,18 @@ def pairs(rows: list[dict]) -> dict[str, list[tuple[str, dict]]]:
     return out
 
 
-def relevance(encoder, shown: list[tuple[str, dict]]) -> list[float]:
-    texts = sorted({t for prompt, r in shown for t in (prompt, r["answer"])})
-    vectors, _ = encoder.encode(texts)
-    at = dict(zip(texts, vectors))
+def vectors(encoder, rows: list[dict]) -> dict:
+    """Every prompt and answer of `rows`, encoded once (the pairs only recombine them)."""
+    texts = sorted({t for r in rows for t in (r["prompt"], r["answer"])})
+    encoded, _ = encoder.encode(texts)
+    return dict(zip(texts, encoded))
+
+
+def relevance(at: dict, shown: list[tuple[str, dict]]) -> list[float]:
     return [float(at[prompt] @ at[r["answer"]]) for prompt, r in shown]
 
 
 def scores(calibration, shown: list[tuple[str, dict]], rel: list[float]) -> list[float]:
-    from deployments.quality import score_signals
-
     return [score_signals({**r["signals"], "relevance": x}, calibration).score
             for (_, r), x in zip(shown, rel)]
 
@@ -74,10 +77,10 @@ def measure(encoder, rows: list[dict], calibration) -> dict:
     out = {}
     for part, (set_name, split) in PARTS.items():
         chosen = [r for r in rows if r["set"] == set_name and r["split"] == split]
-        shown = pairs(chosen)
-        rel = {k: relevance(encoder, v) for k, v in shown.items()}
+        shown, at = pairs(chosen), vectors(encoder, chosen)
+        rel = {k: relevance(at, v) for k, v in shown.items()}
         own = [(r["prompt"], r) for r in chosen]
-        own_rel = relevance(encoder, own)
+        own_rel = relevance(at, own)
         for cal_name, cal in (("with samples", calibration),
                               ("sample-free (the cascade's first look)", calibration.free)):
             bare = dataclasses.replace(cal, relevance_floor=None)
@@ -85,9 +88,9 @@ def measure(encoder, rows: list[dict], calibration) -> dict:
                   (("guard", cal), ("no guard", bare))}
             entry = {"relevance_floor": cal.relevance_floor, "threshold": cal.threshold,
                      "right_answers": len(shown["on-topic"]),
-                     "right_blocked_by_guard": _share([x < (cal.relevance_floor or -1)
+                     "right_blocked_by_guard": _share([off_topic(x, cal.relevance_floor)
                                                        for x in rel["on-topic"]]),
-                     "wrong_blocked_by_guard": _share([x < (cal.relevance_floor or -1)
+                     "wrong_blocked_by_guard": _share([off_topic(x, cal.relevance_floor)
                                                        for (_, r), x in zip(own, own_rel)
                                                        if not r["right"]]),
                      "pairings": {}}
@@ -129,16 +132,13 @@ async def long_answers(url: str, n: int, floor: float, concurrency: int = 6) -> 
         answers, _ = await load.run_concurrent(one, len(rows), concurrency)
     right = [a for a in answers if a.get("right") and a.get("relevance") is not None]
     rel = sorted(a["relevance"] for a in right)
-    failed: dict[str, int] = {}
-    for a in answers:
-        if a["status"] != 200:
-            failed[str(a["status"])] = failed.get(str(a["status"]), 0) + 1
+    failed = load.failures(a["status"] for a in answers)
     return {"questions": len(rows), "failed": sum(failed.values()), "failed_by_status": failed,
             "right": len(right), "tokens_mean": round(sum(a["tokens"] for a in right) /
                                                       max(len(right), 1), 1),
             "right_relevance_min": round(rel[0], 3) if rel else None,
             "right_relevance_p05": round(rel[int(0.05 * (len(rel) - 1))], 3) if rel else None,
-            "right_blocked_by_guard": _share([x < floor for x in rel])}
+            "right_blocked_by_guard": _share([off_topic(x, floor) for x in rel])}
 
 
 def markdown(result: dict) -> str:
@@ -157,7 +157,7 @@ def markdown(result: dict) -> str:
                 f"{e['right_blocked_by_guard']:.0%} | {e['wrong_blocked_by_guard']:.0%} |")
     long = result.get("long_answers")
     if long:
-        by = ", ".join(f"{n}× {st}" for st, n in sorted(long["failed_by_status"].items()))
+        by = load.failures_text(long["failed_by_status"])
         lines += ["", f"Asked at 256 tokens through the graph: {long['questions']} questions, "
                   f"{long['failed']} failed{f' ({by})' if by else ''}, {long['right']} right (mean {long['tokens_mean']} "
                   f"tokens); their relevance: min {long['right_relevance_min']}, 5th percentile "

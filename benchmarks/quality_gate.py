@@ -120,17 +120,16 @@ def summarise(rows: list[dict]) -> dict:
     status, tokens per answer over the answered."""
     answered = [r for r in rows if r["status"] == 200]
     lat = [r["latency_s"] * 1000 for r in rows]
-    failed: dict[str, int] = {}
-    for r in rows:
-        if r["status"] != 200:
-            failed[str(r["status"])] = failed.get(str(r["status"]), 0) + 1
+    failed = load.failures(r["status"] for r in rows)
+
+    def share(key: str) -> float:
+        return round(sum(r.get(key, False) for r in rows) / max(len(rows), 1), 4)
+
     return {
         "requests": len(rows), "failed": sum(failed.values()), "failed_by_status": failed,
-        "accuracy": round(sum(r["right"] for r in rows) / max(len(rows), 1), 4),
-        "escalated": round(sum(r["escalated"] for r in rows) / max(len(rows), 1), 4),
-        "sampled": round(sum(r.get("sampled", False) for r in rows) / max(len(rows), 1), 4),
+        "accuracy": share("right"), "escalated": share("escalated"), "sampled": share("sampled"),
         # the gate stopped short (a retry, an escalation or samples cut by gate_budget_s)
-        "out_of_budget": round(sum(r.get("out_of_budget", False) for r in rows) / max(len(rows), 1), 4),
+        "out_of_budget": share("out_of_budget"),
         "latency_p50_ms": round(load.pct(lat, 50), 1) if lat else None,
         "latency_p95_ms": round(load.pct(lat, 95), 1) if lat else None,
         "tokens_per_answer": round(sum(r["tokens"] for r in answered) / max(len(answered), 1), 1),
@@ -172,7 +171,7 @@ def markdown(r: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     ratios = r.get("p50_vs_greedy", {})
     for name, p in r["policies"].items():
-        failed = ", ".join(f"{n}× {s}" for s, n in sorted(p.get("failed_by_status", {}).items()))
+        failed = load.failures_text(p.get("failed_by_status", {}))
         ratio = f"{ratios[name]:.2f}×" if name in ratios else "–"
         lines.append(f"| {name} | {p['accuracy']:.1%} | {r['accuracy_gain_points'][name]:+.1f} pt | "
                      f"{p['failed']}{f' ({failed})' if failed else ''} | "

@@ -345,9 +345,14 @@ def guard(values: dict[str, float], repetition_floor: float,
         return "empty"
     if values["repetition"] < repetition_floor:
         return "loop"
-    if relevance_floor is not None and values.get("relevance", 1.0) < relevance_floor:
+    if "relevance" in values and off_topic(values["relevance"], relevance_floor):
         return "off_topic"
     return None
+
+
+def off_topic(relevance: float, floor: float | None) -> bool:
+    """An answer less related to its prompt than the calibration's floor (None: no guard)."""
+    return floor is not None and relevance < floor
 
 
 def structure_check(answer: str, structured: dict | None) -> dict | None:
