@@ -125,6 +125,11 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64, help="completion tokens per request")
     parser.add_argument("--only", nargs="*", default=["embed", "engine", "vllm", "graph"],
                         choices=["embed", "engine", "vllm", "graph"])
+    parser.add_argument("--chat-levels", nargs="*", type=int, default=None,
+                        help=f"chat concurrency levels (default {CHAT_CONCURRENCY}; --quick: 1 4)")
+    parser.add_argument("--gate-questions", type=int, default=None,
+                        help="checkable questions for the quality gate's policies (default 120; "
+                        "--quick: 16; 0: skip them)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -132,12 +137,15 @@ def main() -> None:
 
     from benchmarks.peers import GraphServer, InProcessEngine, VLLMServer, fast_tier, graph_args
 
-    chat_levels = [1, 4] if args.quick else CHAT_CONCURRENCY
+    chat_levels = args.chat_levels or ([1, 4] if args.quick else CHAT_CONCURRENCY)
+    gate_questions = (16 if args.quick else 120) if args.gate_questions is None \
+        else args.gate_questions
     embed_levels = [1, 8] if args.quick else EMBED_CONCURRENCY
     model = fast_tier().model_id
     embed_model = graph_args()["embedder"]["model_id"]
     steps = {"embed": 2, "engine": len(chat_levels), "vllm": len(chat_levels),
-             "graph": 2 * len(chat_levels) + len(embed_levels) + len(quality_gate.POLICIES)}
+             "graph": 2 * len(chat_levels) + len(embed_levels)
+             + (len(quality_gate.POLICIES) if gate_questions else 0)}
     bar = tqdm(total=sum(steps[k] for k in args.only), desc="benchmarks", unit="scenario")
     results: dict = {"machine": {"cpu": platform.processor() or platform.machine(),
                                  "cores": os.cpu_count(), "python": platform.python_version()},
@@ -182,8 +190,9 @@ def main() -> None:
             running.base, model, args.max_tokens, chat_levels, args.quick, None, bar))
 
     def graph_scenarios(running) -> None:
+        # gate on: the config's own gate, as a client gets it by default
         for name, extra in (("graph_gate_off", {"quality": {"enabled": False}}),
-                            ("graph_gate_on", {"quality": {"max_attempts": 1}})):
+                            ("graph_gate_on", None)):
             bar.set_postfix_str(name)
             results["chat"][name] = asyncio.run(chat_over_http(
                 running.base, model, args.max_tokens, chat_levels, args.quick, extra, bar))
@@ -191,9 +200,11 @@ def main() -> None:
         results["embeddings"]["graph_http"] = asyncio.run(
             embed_over_http(running.base, embed_model, embed_levels, args.quick, bar))
         results["scoring"] = scoring_overhead(results["chat"]["graph_gate_on"])
+        if not gate_questions:
+            return
         bar.set_postfix_str("quality gate on checkable questions")
         gate = asyncio.run(quality_gate.run(
-            running.base, quality_gate.pick_questions(16 if args.quick else 120), bar=bar))
+            running.base, quality_gate.pick_questions(gate_questions), bar=bar))
         results["quality_gate"] = gate
         (args.out / "quality_gate.md").write_text(quality_gate.markdown(gate))
         quality_gate.plot(gate, args.out / "quality_gate.png")

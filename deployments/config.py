@@ -265,6 +265,11 @@ class RouterConfig(Strict):
         "attempts move on at once; a busy 2-core host has silences of a few seconds"
     )
     max_attempts_per_tier: int = Field(2, ge=1)
+    max_attempts: int | None = Field(
+        None, ge=1, description="answers made per request over every tier (retries and "
+        "escalations included; a tier that is down is skipped, not counted); None: "
+        "max_attempts_per_tier x the tiers. 1: every answer scored and reported, never redone"
+    )
     gate_budget_s: float = Field(
         60.0, gt=0, description="a retry, an escalation or the cascade's samples start only "
         "if, at the pace of the attempts so far, they would end within this many seconds of the "

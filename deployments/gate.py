@@ -103,7 +103,8 @@ class Gate:
     def settings(self, job: Job) -> Settings:
         cfg, override = self.config, job.quality
         defaults = Settings(cfg.quality.enabled, cfg.quality.samples,
-                            cfg.max_attempts_per_tier * len(self.ladder), cfg.gate_mode, None,
+                            cfg.max_attempts or cfg.max_attempts_per_tier * len(self.ladder),
+                            cfg.gate_mode, None,
                             cfg.quality.sample_below, cfg.quality.vote)
         if override is None:
             return defaults

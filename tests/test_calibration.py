@@ -61,17 +61,25 @@ def test_every_stored_answer_is_labelled_by_the_current_matcher(rows):
     assert counts[True] >= 100 and counts[False] >= 100, counts
 
 
+def assert_same_fit(shipped: Calibration, fitted: Calibration) -> None:
+    """Equal up to float rounding: the fit's last bits differ between CPUs (AVX2, AVX-512)."""
+    assert shipped.features == fitted.features
+    for name in ("mean", "scale", "coef", "platt"):
+        assert getattr(shipped, name) == pytest.approx(getattr(fitted, name), abs=1e-6), name
+    assert shipped.intercept == pytest.approx(fitted.intercept, abs=1e-6)
+    assert shipped.threshold == pytest.approx(fitted.threshold, abs=1e-6)
+    assert (shipped.operating_point, shipped.relevance_floor) == (
+        fitted.operating_point, fitted.relevance_floor)
+
+
 def test_shipped_calibration_is_the_fit_of_the_committed_answers(rows, fitted):
     shipped = Calibration.load()
-    assert shipped.features == fitted.features
-    assert shipped.coef == pytest.approx(fitted.coef, abs=1e-6)
-    assert shipped.platt == pytest.approx(fitted.platt, abs=1e-6)
-    assert shipped.threshold == pytest.approx(fitted.threshold, abs=1e-6)
+    assert_same_fit(shipped, fitted)
     assert json.loads(CALIBRATION_FILE.read_text())["answers"] == len(rows)
     # It says what the answers were made with, so a tier serving something else is told apart.
     assert shipped.fitted_for == calibrate.fitted_for(rows, fitted)
     # and the fit without sample signals, the cascade's first look at an answer
-    assert shipped.without_samples == fitted.without_samples
+    assert_same_fit(shipped.free, fitted.free)
     assert shipped.relevance_floor == fitted.relevance_floor == shipped.free.relevance_floor
     assert not set(shipped.free.features) & calibrate.SAMPLE_SIGNALS
     assert shipped.fitted_for["model"] == "smollm2-135m-instruct"
@@ -80,7 +88,19 @@ def test_shipped_calibration_is_the_fit_of_the_committed_answers(rows, fitted):
 
 def test_the_committed_report_is_what_the_fit_reports(rows, fitted):
     """benchmarks/results/quality_calibration.json (and RESULTS.md's figures) come from here."""
-    assert json.loads(RESULTS.read_text()) == json.loads(json.dumps(calibrate.report(rows, fitted)))
+    assert rounded(json.loads(RESULTS.read_text())) == rounded(
+        json.loads(json.dumps(calibrate.report(rows, fitted))))
+
+
+def rounded(value, digits: int = 9):
+    """Floats to `digits` places, all the way down: the fit's last bits differ between CPUs."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v, digits) for v in value]
+    return value
 
 
 def test_calibrated_score_beats_answer_length_on_questions_it_was_not_fitted_on():

@@ -169,6 +169,30 @@ def test_a_low_score_escalates_with_each_tier_s_sampling_and_is_counted(counted)
                      ("graphserve_quality_retries", "careful")]
 
 
+def test_max_attempts_one_scores_and_reports_but_a_down_tier_still_fails_over(counted):
+    """`router.max_attempts: 1` (the CPU default): an answer below the threshold is reported,
+    not redone; a tier that is down is skipped, not counted, so the next tier still answers."""
+
+    async def scenario():
+        gate = gate_with(["cut off in"], ["Canberra is.", "Never asked."], max_attempts=1)
+        assert gate.settings(job()).max_attempts == 1
+        assert gate.settings(job(max_attempts=3)).max_attempts == 3  # a request may ask for more
+        _, report = await gate.complete(job(threshold=1.0))
+        assert report["attempts"] == 1 and not report["passed"] and report["tier"] == "fast"
+        async def gone():
+            raise DeploymentUnavailableError("fast")
+
+        gate.ladder[0].handle.methods["info"] = gone  # its probes keep finding it down
+        gate.availability.down("fast", DeploymentUnavailableError("fast"))
+        result, report = await gate.complete(job(threshold=1.0))
+        assert report["attempts"] == 1 and report["tier"] == "careful"
+        return result
+
+    assert asyncio.run(scenario()).text == "Canberra is."
+    assert not [n for n, _ in counted if n in ("graphserve_quality_retries",
+                                                "graphserve_quality_escalations")]
+
+
 def test_gate_off_serves_the_first_answer_unscored_and_records_no_quality_metric(counted):
     async def scenario():
         gate = gate_with(["cut off in"], [])

@@ -51,9 +51,9 @@ def wrong_answers_counted() -> float:
 def test_a_healthy_tier_passes_its_canary(canary_app):
     deploy(APP, canary_args())
     ready = time.time()
-    # A round is 4 answers at the tier's defaults (up to 256 tokens, 4 samples each), gated as a
-    # client's: an answer below the threshold is generated again. On a 2-core AMD host with
-    # float32 engines one round's answers took 67, 89 and 114 s and the fourth over 190 s.
+    # A round is 4 answers at the tier's defaults (up to 256 tokens), scored as a client's (the
+    # config's cascade: no samples on this host). On a 2-core AMD host with float32 engines and
+    # 4 samples per answer one round's answers took 67, 89 and 114 s and the fourth over 190 s.
     last = wait_until(lambda: round_after(ready), 2 * INTERVAL_S + 360, "a canary round", 0.5)
     print(f"\nhealthy round: {last['correct']}/{last['checks']} right, mean score "
           f"{last['mean_score']}, {last['duration_s']} s; answers: "

@@ -212,8 +212,9 @@ def test_dead_engine_fails_over_and_its_replica_is_replaced(http):
 def test_stalled_engine_is_routed_around_then_replaced(http):
     """SIGSTOP of the entry tier's engine core (the replica still answers; its engine does not):
     within seconds the router finds the core silent and sends the waiting streams and the new
-    ones to the next tier (throughput while routed around at least half of normal); after `stall_timeout_s` the health check fails and Serve replaces the
-    replica; the stopped engine does not outlive it."""
+    ones to the next tier (throughput while routed around at least half of normal); after
+    `stall_timeout_s` the health check fails and Serve replaces the replica; the stopped engine
+    does not outlive it."""
     old = {"name": replica_actor("fast")[1]}
     seen = {}
 
@@ -231,7 +232,10 @@ def test_stalled_engine_is_routed_around_then_replaced(http):
             return False
         return tier_status("fast") == "ok"
 
-    stream = {**HI, "max_tokens": 16, "stream": True}
+    # Short answers, scored without samples: a request takes a second or two, so the windows hold
+    # dozens of answers. (With 4 samples per answer one took ~20 s at c=8 on a slow host, the
+    # 20 s window held 3 answers, and the ratio below was chance: 0.15 vs 0.4 requests/s.)
+    stream = {**HI, "max_tokens": 16, "stream": True, "quality": {"samples": 0}}
     try:
         # Throughput while routed around: the 20 s after the router saw the stall, before Serve
         # replaces the replica (20 s of silence, then 3 failed checks 5 s apart) and its new
