@@ -18,7 +18,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 include cluster/serve.env
 export $(shell sed -n 's/^\([A-Z_]*\)=.*/\1/p' cluster/serve.env)
 
-.PHONY: setup ray-up serve deploy observe stop test test-long test-unit test-e2e test-cluster test-gpu bench-gpu bench-startup bench-recovery bench bench-overhead soak calibrate clean
+.PHONY: setup ray-up serve deploy observe stop test test-long test-unit test-e2e test-cluster test-gpu bench-gpu bench-startup bench-recovery bench bench-overhead soak calibrate image gpu-lock clean
 
 setup: $(STAMP) $(MODELS_STAMP)
 
@@ -142,6 +142,17 @@ calibrate: setup
 	    $(if $(NEXT_TIER),--next-tier $(NEXT_TIER)) || exit 1; done
 	$(PY) -m benchmarks.calibrate fit --samples $(SAMPLES) --out $(OUT) --answers $(foreach q,$(QUESTIONS),\
 	  benchmarks/data/answers_$(subst _questions,,$(basename $(notdir $(q)))).jsonl)
+
+# The GPU image the cluster manifests run (cluster/Dockerfile); IMAGE names your registry and a
+# tag, e.g. make image IMAGE=123456789012.dkr.ecr.us-west-2.amazonaws.com/graphserve:0.1.0
+image:
+	@test -n "$(IMAGE)" || { echo "IMAGE=<registry>/graphserve:<tag> is required"; exit 1; }
+	docker build -f cluster/Dockerfile -t $(IMAGE) .
+
+# Re-pin the GPU image's packages (cluster/requirements-gpu.lock) after a change to pyproject.toml
+# or requirements.lock: resolved on PyPI, nothing installed (a few minutes: wheels' metadata).
+gpu-lock: setup
+	$(PY) cluster/lock_gpu.py
 
 clean:
 	rm -rf $(VENV)
