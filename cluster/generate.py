@@ -197,6 +197,14 @@ def serve_env() -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in pairs}
 
 
+# Serve packs replicas (largest GPU share first, onto the fullest node that fits) instead of
+# spreading them: spread, the two `fast` replicas (0.45 GPU each) land on two nodes and `careful`
+# (a whole GPU) finds none; packed, GPU A holds both `fast` and the embedder, GPU B `careful`, as
+# the profile plans. Read by Serve's controller (on the head); deployments that must span nodes
+# say so (the router: `max_replicas_per_node: 1`).
+PLACEMENT_ENV = {"RAY_SERVE_USE_PACK_SCHEDULING_STRATEGY": "1"}
+
+
 def ray_container(name: str, image: str, cpu: int, memory: str, gpus: int = 0) -> dict:
     """Requests = limits (Guaranteed QoS: the GPU pods are the last to be evicted). The API key is
     required: without the `graphserve` Secret the pod does not start (an unset key would serve an
@@ -205,7 +213,7 @@ def ray_container(name: str, image: str, cpu: int, memory: str, gpus: int = 0) -
     return {
         "name": name, "image": image,
         "env": [{"name": "HF_HUB_OFFLINE", "value": "1"},
-                *({"name": k, "value": v} for k, v in serve_env().items()),
+                *({"name": k, "value": v} for k, v in {**serve_env(), **PLACEMENT_ENV}.items()),
                 {"name": "GRAPHSERVE_API_KEY",
                  "valueFrom": {"secretKeyRef": {"name": "graphserve", "key": "api-key"}}}],
         "resources": {"limits": limits, "requests": dict(limits)},

@@ -41,6 +41,10 @@ class DeploymentOptions(Strict):
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
     resources: dict[str, float] = Field(default_factory=dict)
+    max_replicas_per_node: int | None = Field(
+        None, ge=1, description="at most this many replicas on one node (Serve's option): keeps "
+        "a deployment on several nodes when the cluster packs replicas (cluster/generate.py)"
+    )
     health_check_period_s: float = Field(10.0, gt=0)
     health_check_timeout_s: float = Field(30.0, gt=0)
     graceful_shutdown_timeout_s: float = Field(30.0, ge=0)
@@ -68,6 +72,8 @@ class DeploymentOptions(Strict):
             "graceful_shutdown_wait_loop_s": self.graceful_shutdown_wait_loop_s,
             "backpressure_config": dict(SERVE_BACKPRESSURE),
         }
+        if self.max_replicas_per_node is not None:
+            options["max_replicas_per_node"] = self.max_replicas_per_node
         if self.autoscaling is not None:
             options["autoscaling_config"] = self.autoscaling.model_dump(exclude_none=True)
             options["num_replicas"] = "auto"

@@ -42,6 +42,9 @@ def test_deployment_options_map_to_serve():
     assert opts["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.5, "resources": {"llm_node": 1}}
     auto = DeploymentOptions.model_validate({"autoscaling": {"max_replicas": 3}}).serve_options("x")
     assert auto["num_replicas"] == "auto" and auto["autoscaling_config"]["max_replicas"] == 3
+    assert "max_replicas_per_node" not in auto  # Serve's own default unless set
+    spread = DeploymentOptions(num_replicas=2, max_replicas_per_node=1).serve_options("router")
+    assert spread["max_replicas_per_node"] == 1
     # A full queue that Serve answers itself says "busy, retry soon", as our own 429 does.
     assert opts["backpressure_config"] == SERVE_BACKPRESSURE == {"status_code": 429,
                                                                  "retry_after_s": 1}

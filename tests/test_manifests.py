@@ -303,3 +303,34 @@ def test_the_ingress_reaches_kuberays_serve_service():
     profile = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
     assert backend["port"]["number"] == profile["http_options"]["port"]
     assert ingress["spec"]["tls"][0]["hosts"] == [ingress["spec"]["rules"][0]["host"]]
+
+
+def test_replicas_are_packed_as_the_profile_plans_and_the_router_still_spans_nodes():
+    """Issue 28 item 3: Serve's controller packs replicas on both launchers (spread, the two
+    half-GPU `fast` replicas take a GPU each and `careful` finds no whole one); the router keeps
+    one replica per node, so a node loss never leaves none."""
+    for c in containers_of(by_kind("RayService")):
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["RAY_SERVE_USE_PACK_SCHEDULING_STRATEGY"] == "1", c["name"]
+    with open("cluster/ray-cluster.yaml") as f:
+        head = " ".join(yaml.safe_load(f)["head_start_ray_commands"])
+    exported = head.split("ray start --head")[0]
+    assert "set -a" in exported and "RAY_SERVE_USE_PACK_SCHEDULING_STRATEGY=1" in exported
+    args = yaml.safe_load(by_kind("RayService")["spec"]["serveConfigV2"])["applications"][0]["args"]
+    router = args["router"]["deployment"]
+    assert router["max_replicas_per_node"] == 1 and router["autoscaling"]["min_replicas"] >= 2
+    # What packing then does with the profile's GPU shares (largest first, onto the fullest GPU
+    # that fits, as Serve's pack scheduler orders them): two GPUs, none split across.
+    shares = sorted([t["deployment"]["num_gpus"] for t in args["tiers"]
+                     for _ in range(t["deployment"].get("autoscaling", {}).get(
+                         "min_replicas", t["deployment"].get("num_replicas", 1)))]
+                    + [args["embedder"]["deployment"]["num_gpus"]], reverse=True)
+    gpus: list[float] = []
+    for share in shares:
+        fitting = [i for i, used in enumerate(gpus) if used + share <= 1 + 1e-9]
+        if fitting:
+            fullest = max(fitting, key=lambda i: gpus[i])
+            gpus[fullest] += share
+        else:
+            gpus.append(share)
+    assert len(gpus) == 2 and all(abs(used - 1) < 1e-9 for used in gpus), gpus
