@@ -21,7 +21,8 @@ replicas within the p95 objective; nothing is extrapolated beyond the measured c
 The gate adds embedder work: one call of 2 + `quality.samples` sentences per scored answer (the
 prompt, the answer, the samples), sized on the embedder's HTTP curve; escalations send
 `--escalation-rate` of the requests on to the next tier; the router is sized by its measured CPU
-per request (`overhead.json`).
+per request (`overhead.json`). `--profile serve_config` also prints each tier's autoscaling target
+against the ceiling the gate's fan-out sets (a call's sequences x target <= `max_num_seqs`).
 """
 
 from __future__ import annotations
@@ -140,6 +141,33 @@ def plan(results: dict, qps: float, prompt_tokens: int, output_tokens: int,
     return plans
 
 
+def sequences_per_call(samples: int, sample_below: float, consensus_samples: int = 0) -> int:
+    """The most sequences one call of the router keeps in a tier's engine (the gate's fan-out):
+    the answer with its samples in one request (`sample_below` 1), a consensus tier's answer with
+    its own samples, or the cascade's samples drawn after the answer (one call of `samples`)."""
+    in_engine = samples if sample_below >= 1 else 0
+    later = samples if 0 < sample_below < 1 else 0
+    return max(1 + max(in_engine, consensus_samples), later)
+
+
+def target_ceilings(args: dict) -> dict[str, dict]:
+    """Per LLM tier of a serve config's `args`: the gate's fan-out and the most ongoing calls per
+    replica whose sequences all fit the engine's batch (`max_num_seqs`); an autoscaling target
+    above it queues calls inside the engine, where Serve's autoscaler cannot see them."""
+    quality = args.get("router", {}).get("quality", {})
+    samples = quality.get("samples", 4) if quality.get("enabled", True) else 0
+    out = {}
+    for tier in args["tiers"]:
+        fan_out = sequences_per_call(samples, quality.get("sample_below", 0.3),
+                                     tier.get("consensus_samples", 0))
+        max_num_seqs = tier.get("max_num_seqs", 32)
+        autoscaling = tier.get("deployment", {}).get("autoscaling") or {}
+        out[tier["name"]] = {"sequences_per_call": fan_out, "max_num_seqs": max_num_seqs,
+                             "ceiling": max(1, max_num_seqs // fan_out),
+                             "target": autoscaling.get("target_ongoing_requests")}
+    return out
+
+
 def router_cpu_ms(overhead: dict) -> float | None:
     """CPU-ms per streamed chat in the router replica and Serve's proxy (overhead.json)."""
     try:
@@ -188,6 +216,9 @@ def main() -> None:
     parser.add_argument("--embed-qps", type=float, default=0.0,
                         help="client /v1/embeddings sentences per second")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="a serve config (e.g. cluster/serve_config.gpu.yaml): also print "
+                        "each tier's autoscaling target against the ceiling its fan-out sets")
     args = parser.parse_args()
     results = json.loads(args.results.read_text())
     overhead_file = args.results.parent / "overhead.json"
@@ -199,6 +230,14 @@ def main() -> None:
                  args.embed_qps, router_ms)
     print(json.dumps([asdict(p) for p in plans], indent=1) if args.json
           else render(plans, args, measured))
+    if args.profile is not None:
+        import yaml
+
+        ceilings = target_ceilings(yaml.safe_load(args.profile.read_text())["applications"][0]["args"])
+        print(f"\nAutoscaling targets, {args.profile} (ongoing calls per replica):")
+        for name, t in ceilings.items():
+            print(f"  {name}: {t['sequences_per_call']} sequences per call, max_num_seqs "
+                  f"{t['max_num_seqs']} -> at most {t['ceiling']}; target {t['target']}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import yaml
 
 from benchmarks import capacity
 
@@ -58,3 +59,24 @@ def test_the_gate_adds_embedder_work_and_escalations_a_second_tier():
     assert plan(curve="graph_gate_off")["embedder"].load == "0 sentences/s"
     router = plan(router_cpu_ms=50.0, router_cpus=1.0)["router"].chosen
     assert router.replicas == 1 and plan(qps=30.0, router_cpu_ms=50.0)["router"].chosen.replicas == 2
+
+
+def test_the_gate_s_fan_out_sets_each_tier_s_autoscaling_ceiling():
+    """Issue 28 item 6: a call's sequences (the answer with in-engine samples, a consensus tier's
+    own, or the cascade's samples after the answer) times the target must fit `max_num_seqs`."""
+    assert capacity.sequences_per_call(4, 1.0) == 5  # answer + 4 samples in one request
+    assert capacity.sequences_per_call(4, 0.3) == 4  # the cascade: answer, then 4 in one call
+    assert capacity.sequences_per_call(4, 0.0) == 1  # scored once, no samples
+    assert capacity.sequences_per_call(4, 0.3, consensus_samples=8) == 9
+    in_engine = {"router": {"quality": {"samples": 4, "sample_below": 1.0}},
+                 "tiers": [{"name": "t", "max_num_seqs": 128,
+                            "deployment": {"autoscaling": {"target_ongoing_requests": 32}}}]}
+    assert capacity.target_ceilings(in_engine)["t"] == {
+        "sequences_per_call": 5, "max_num_seqs": 128, "ceiling": 25, "target": 32}
+
+
+def test_the_profiles_autoscaling_targets_fit_their_engines_batches():
+    for path in ("cluster/serve_config.gpu.yaml", "serve_config.yaml"):
+        args = yaml.safe_load(open(path))["applications"][0]["args"]
+        for name, t in capacity.target_ceilings(args).items():
+            assert t["target"] is None or t["target"] <= t["ceiling"], (path, name, t)
