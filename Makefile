@@ -18,7 +18,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 include cluster/serve.env
 export $(shell sed -n 's/^\([A-Z_]*\)=.*/\1/p' cluster/serve.env)
 
-.PHONY: setup ray-up serve deploy observe stop test test-long test-unit test-e2e test-cluster test-gpu bench-gpu bench-startup bench-recovery bench bench-overhead soak calibrate image gpu-lock clean
+.PHONY: setup ray-up serve deploy observe stop test test-long test-unit test-e2e test-cluster test-gpu bench-gpu bench-startup bench-recovery bench bench-overhead soak calibrate image gpu-lock bench-embeddings clean
 
 setup: $(STAMP) $(MODELS_STAMP)
 
@@ -148,6 +148,12 @@ calibrate: setup
 image:
 	@test -n "$(IMAGE)" || { echo "IMAGE=<registry>/graphserve:<tag> is required"; exit 1; }
 	docker build -f cluster/Dockerfile -t $(IMAGE) .
+
+# /v1/embeddings against Infinity on the same MiniLM (~3 min): INFINITY is its `infinity_emb`,
+# from a venv of its own (python3.11 -m venv ~/infinity && ~/infinity/bin/pip install "infinity-emb[server,torch]").
+bench-embeddings: setup
+	@test -n "$(INFINITY)" || { echo "INFINITY=<path to infinity_emb> is required"; exit 1; }
+	$(PY) -m benchmarks.embeddings_peer --infinity $(INFINITY)
 
 # Re-pin the GPU image's packages (cluster/requirements-gpu.lock) after a change to pyproject.toml
 # or requirements.lock: resolved on PyPI, nothing installed (a few minutes: wheels' metadata).

@@ -139,6 +139,26 @@ class VLLMServer(Server):
         return cmd, env
 
 
+class InfinityServer(Server):
+    """Infinity (`infinity-emb`, PyPI), a dedicated embedding server, on the graph's own embedder
+    folder: its own batching (count-based, length-sorted) over sentence-transformers on torch.
+    Installed apart (its pins differ from this venv's): `infinity` is its `infinity_emb` script."""
+
+    name = "infinity"
+
+    def __init__(self, port: int, log_dir: Path, infinity: str, model_id: str):
+        self.infinity, self.model_id = infinity, model_id
+        super().__init__(port, log_dir)
+
+    def command(self):
+        embedder = graph_args()["embedder"]
+        return [self.infinity, "v2", "--model-id", str(embedder_folder(embedder["model_source"])),
+                "--served-model-name", self.model_id, "--engine", "torch", "--device", "cpu",
+                "--batch-size", str(embedder.get("max_batch_size", 64)), "--host", "127.0.0.1",
+                "--port", str(self.port), "--no-model-warmup"], {
+            "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}
+
+
 class GraphServer(Server):
     name = "graph"
 

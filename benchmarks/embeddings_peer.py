@@ -1,0 +1,94 @@
+"""`/v1/embeddings` of the graph against Infinity, a dedicated embedding server, in one run.
+
+Both serve the same packaged MiniLM folder on the same cores, one at a time (no other Ray on the
+host: `make stop` first). Each is measured on one sentence per request at c=1 (p50, p95) and c=32
+(sentences/s), and 32 sentences per request at c=4; every request's status is counted.
+
+    python -m benchmarks.embeddings_peer --infinity /path/to/venv/bin/infinity_emb
+
+Infinity's pins differ from this venv's, so it lives in its own:
+    python3.11 -m venv ~/infinity && ~/infinity/bin/pip install "infinity-emb[server,torch]"
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+from pathlib import Path
+
+import httpx
+
+from benchmarks import load
+from benchmarks.load import SENTENCES
+from benchmarks.peers import GraphServer, InfinityServer, graph_args
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# (name, sentences per request, concurrency, requests)
+SCENARIOS = [("1 sentence, c=1", 1, 1, 64), ("1 sentence, c=32", 1, 32, 512),
+             ("32 sentences, c=4", 32, 4, 64)]
+
+
+async def measure(url: str, model: str) -> dict:
+    out = {}
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=64)) as client:
+        for _ in range(8):  # warm the path and the model
+            await load.embed_http(client, url, model, SENTENCES[:4])
+        for name, per_request, concurrency, total in SCENARIOS:
+            samples, wall = await load.run_concurrent(
+                lambda i, k=per_request: load.embed_http(
+                    client, url, model, [SENTENCES[(i * k + j) % len(SENTENCES)] for j in range(k)]),
+                total, concurrency)
+            good = [s for s in samples if s.ok]
+            out[name] = {"requests": total, "failed": total - len(good),
+                         "sentences_per_s": round(sum(s.tokens for s in good) / wall, 1),
+                         "p50_ms": round(load.pct([s.e2e for s in good], 50) * 1000, 1),
+                         "p95_ms": round(load.pct([s.e2e for s in good], 95) * 1000, 1)}
+    return out
+
+
+def markdown(results: dict) -> str:
+    lines = ["| server | scenario | sentences/s | p50 ms | p95 ms | failed |", "|---|---|---|---|---|---|"]
+    for server, scenarios in results["servers"].items():
+        for name, r in scenarios.items():
+            lines.append(f"| {server} | {name} | {r['sentences_per_s']} | {r['p50_ms']} | "
+                         f"{r['p95_ms']} | {r['failed']} of {r['requests']} |")
+    lines += ["", "| ratio, graph / Infinity | value |", "|---|---|"]
+    for name, value in results["ratios"].items():
+        lines.append(f"| {name} | {value} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--infinity", required=True, help="Infinity's `infinity_emb` script")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    model = graph_args()["embedder"]["model_id"]
+    results = {"machine": {"cpu": platform.processor() or platform.machine()}, "servers": {}}
+    for name, server, path in (
+            ("infinity", InfinityServer(18400, args.out, args.infinity, model), "/embeddings"),
+            ("graph", GraphServer(18300, args.out, canary=False), "/v1/embeddings")):
+        results["cold_start_s"] = {**results.get("cold_start_s", {}), name: round(server.start(), 1)}
+        try:
+            results["servers"][name] = asyncio.run(measure(server.base + path, model))
+        finally:
+            server.stop()
+        print(name, json.dumps(results["servers"][name]))
+    graph, infinity = results["servers"]["graph"], results["servers"]["infinity"]
+    results["ratios"] = {
+        "1 sentence, c=32, sentences/s": round(graph["1 sentence, c=32"]["sentences_per_s"]
+                                               / infinity["1 sentence, c=32"]["sentences_per_s"], 3),
+        "32 sentences, c=4, sentences/s": round(graph["32 sentences, c=4"]["sentences_per_s"]
+                                                / infinity["32 sentences, c=4"]["sentences_per_s"], 3),
+        "1 sentence, c=1, p50 difference (ms)": round(graph["1 sentence, c=1"]["p50_ms"]
+                                                      - infinity["1 sentence, c=1"]["p50_ms"], 1)}
+    (args.out / "embeddings_peer.json").write_text(json.dumps(results, indent=2))
+    (args.out / "embeddings_peer.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
