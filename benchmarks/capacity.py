@@ -153,18 +153,20 @@ def sequences_per_call(samples: int, sample_below: float, consensus_samples: int
 def target_ceilings(args: dict) -> dict[str, dict]:
     """Per LLM tier of a serve config's `args`: the gate's fan-out and the most ongoing calls per
     replica whose sequences all fit the engine's batch (`max_num_seqs`); an autoscaling target
-    above it queues calls inside the engine, where Serve's autoscaler cannot see them."""
-    quality = args.get("router", {}).get("quality", {})
-    samples = quality.get("samples", 4) if quality.get("enabled", True) else 0
+    above it queues calls inside the engine, where Serve's autoscaler cannot see them. The args
+    are read as the graph reads them (`GraphConfig`: its defaults where a key is left out)."""
+    from deployments.config import GraphConfig
+
+    config = GraphConfig.model_validate(args)
+    quality = config.router.quality
+    samples = quality.samples if quality.enabled else 0
     out = {}
-    for tier in args["tiers"]:
-        fan_out = sequences_per_call(samples, quality.get("sample_below", 0.3),
-                                     tier.get("consensus_samples", 0))
-        max_num_seqs = tier.get("max_num_seqs", 32)
-        autoscaling = tier.get("deployment", {}).get("autoscaling") or {}
-        out[tier["name"]] = {"sequences_per_call": fan_out, "max_num_seqs": max_num_seqs,
-                             "ceiling": max(1, max_num_seqs // fan_out),
-                             "target": autoscaling.get("target_ongoing_requests")}
+    for tier in config.tiers:
+        fan_out = sequences_per_call(samples, quality.sample_below, tier.consensus_samples)
+        autoscaling = tier.deployment.autoscaling
+        out[tier.name] = {"sequences_per_call": fan_out, "max_num_seqs": tier.max_num_seqs,
+                          "ceiling": max(1, tier.max_num_seqs // fan_out),
+                          "target": autoscaling and autoscaling.target_ongoing_requests}
     return out
 
 

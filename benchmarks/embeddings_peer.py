@@ -36,15 +36,7 @@ async def measure(url: str, model: str) -> dict:
         for _ in range(8):  # warm the path and the model
             await load.embed_http(client, url, model, SENTENCES[:4])
         for name, per_request, concurrency, total in SCENARIOS:
-            samples, wall = await load.run_concurrent(
-                lambda i, k=per_request: load.embed_http(
-                    client, url, model, [SENTENCES[(i * k + j) % len(SENTENCES)] for j in range(k)]),
-                total, concurrency)
-            good = [s for s in samples if s.ok]
-            out[name] = {"requests": total, "failed": total - len(good),
-                         "sentences_per_s": round(sum(s.tokens for s in good) / wall, 1),
-                         "p50_ms": round(load.pct([s.e2e for s in good], 50) * 1000, 1),
-                         "p95_ms": round(load.pct([s.e2e for s in good], 95) * 1000, 1)}
+            out[name] = await load.embed_level(client, url, model, total, concurrency, per_request)
     return out
 
 
@@ -67,11 +59,12 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     model = graph_args()["embedder"]["model_id"]
-    results = {"machine": {"cpu": platform.processor() or platform.machine()}, "servers": {}}
+    results = {"machine": {"cpu": platform.processor() or platform.machine()}, "servers": {},
+               "cold_start_s": {}}
     for name, server, path in (
             ("infinity", InfinityServer(18400, args.out, args.infinity, model), "/embeddings"),
             ("graph", GraphServer(18300, args.out, canary=False), "/v1/embeddings")):
-        results["cold_start_s"] = {**results.get("cold_start_s", {}), name: round(server.start(), 1)}
+        results["cold_start_s"][name] = round(server.start(), 1)
         try:
             results["servers"][name] = asyncio.run(measure(server.base + path, model))
         finally:

@@ -168,11 +168,13 @@ async def chat_level(client: httpx.AsyncClient, url: str, model: str, max_tokens
 
 
 async def embed_level(client: httpx.AsyncClient, url: str, model: str, total: int,
-                      concurrency: int) -> dict:
-    """`total` one-sentence embedding requests, `concurrency` at a time."""
+                      concurrency: int, per_request: int = 1) -> dict:
+    """`total` embedding requests of `per_request` sentences each, `concurrency` at a time."""
     samples, wall = await run_concurrent(
-        lambda i: embed_http(client, url, model, [SENTENCES[i % len(SENTENCES)]]),
+        lambda i: embed_http(client, url, model, [SENTENCES[(i * per_request + j) % len(SENTENCES)]
+                                                  for j in range(per_request)]),
         total, concurrency)
-    summary = summarize(samples, wall)
-    return {"sentences_per_s": summary["requests_per_s"], "failed": summary["failed"],
+    summary = summarize(samples, wall)  # a sample's tokens: its sentences, when answered
+    return {"sentences_per_s": round(summary["tokens"] / wall, 2) if wall else 0.0,
+            "requests": summary["requests"], "failed": summary["failed"],
             "p50_ms": summary["e2e_p50_ms"], "p95_ms": summary["e2e_p95_ms"]}

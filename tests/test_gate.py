@@ -68,6 +68,17 @@ def gate_with(fast: list[str], careful: list[str], **router) -> Gate:
     return Gate(config, by_model(tiers), embedder)
 
 
+def take_down(gate: Gate, name: str) -> None:
+    """The tier is down, and its probes keep finding it so."""
+
+    async def gone():
+        raise DeploymentUnavailableError(name)
+
+    (tier,) = [t for t in gate.ladder if t.name == name]
+    tier.handle.methods["info"] = gone
+    gate.availability.down(name, DeploymentUnavailableError(name))
+
+
 def job(**quality) -> Job:
     return Job(request_id="r", model="m", messages=[{"role": "user", "content": "hi"}],
                relevance_text="hi", sampling=Sampling(),
@@ -179,11 +190,7 @@ def test_max_attempts_one_scores_and_reports_but_a_down_tier_still_fails_over(co
         assert gate.settings(job(max_attempts=3)).max_attempts == 3  # a request may ask for more
         _, report = await gate.complete(job(threshold=1.0))
         assert report["attempts"] == 1 and not report["passed"] and report["tier"] == "fast"
-        async def gone():
-            raise DeploymentUnavailableError("fast")
-
-        gate.ladder[0].handle.methods["info"] = gone  # its probes keep finding it down
-        gate.availability.down("fast", DeploymentUnavailableError("fast"))
+        take_down(gate, "fast")
         result, report = await gate.complete(job(threshold=1.0))
         assert report["attempts"] == 1 and report["tier"] == "careful"
         return result
@@ -225,12 +232,7 @@ def test_a_stream_starts_sends_its_deltas_then_its_report():
 def test_a_stream_escalates_past_a_tier_that_is_down(counted):
     async def scenario():
         gate = gate_with([], ["Canberra is."])
-
-        async def gone():
-            raise DeploymentUnavailableError("fast")
-
-        gate.ladder[0].handle.methods["info"] = gone  # its probes keep finding it down
-        gate.availability.down("fast", DeploymentUnavailableError("fast"))
+        take_down(gate, "fast")
         events = [e async for e in gate.stream(job(enabled=False))]
         return events
 

@@ -12,7 +12,6 @@ CPU_LOCK, CPU_ONLY, GPU_LOCK, ROOT, pins = (lock.CPU_LOCK, lock.CPU_ONLY, lock.G
                                             lock.pins)
 
 
-
 def moved_in_header() -> set[str]:
     """The packages the lock's header says the GPU vLLM pins differently from the CPU lock."""
     return set(re.findall(r"^#   ([a-z0-9_.-]+): ", GPU_LOCK.read_text(), re.M))
