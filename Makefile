@@ -47,12 +47,14 @@ ray-up: setup
 	@$(RAY_CLI)/ray status >/dev/null 2>&1 || $(RAY_CLI)/ray start --head --num-cpus 2 \
 	  --node-ip-address 127.0.0.1 --dashboard-host 127.0.0.1 --dashboard-port 8265 --disable-usage-stats
 
+# CONFIG: another config file, e.g. a copy with `dtype: float32` to calibrate that dtype too.
+CONFIG ?= serve_config.yaml
 serve: ray-up
 	@echo ">> serving on http://127.0.0.1:8000 (dashboard http://127.0.0.1:8265); Ctrl-C stops"
-	$(RAY_CLI)/serve run serve_config.yaml
+	$(RAY_CLI)/serve run $(CONFIG)
 
 deploy: ray-up
-	$(RAY_CLI)/serve deploy serve_config.yaml
+	$(RAY_CLI)/serve deploy $(CONFIG)
 	@echo ">> deployed; watch it with: RAY_AUTH_MODE=token $(VENV)/bin/serve status"
 
 # A Prometheus next to the graph (Debian: apt-get install prometheus): it finds every Ray node

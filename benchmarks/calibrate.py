@@ -8,9 +8,11 @@
 `kind` or `topic`) to the running graph as a user's request (greedy, 64 tokens, one attempt, the
 graph's consistency samples), judges each answer with the matcher (benchmarks/questions.py), and
 stores answer, label, every signal the router computed, the answer's likelihood under the next
-tier, and the model, dtype and sampling it was made with, in data/answers_<set>.jsonl.
+tier, and the model, dtype and sampling it was made with, in data/answers_<set>.jsonl (beside
+that model's answers in other dtypes: run it once per dtype the tier is served in).
 
-`fit` is offline and deterministic. Training rows: the `fit` split of every answers file. The
+`fit` is offline and deterministic. Training rows: the `fit` split of every answers file, each
+file weighing the same (the hand-written half counts as much as the larger templated set). The
 feature set and regularisation are chosen by the mean AUC *within* a kind of question, on
 predictions for kinds left out of the fit (so the score ranks answers, not kinds); a Platt map
 fitted on those left-out predictions turns the logit into a probability that holds off the
@@ -44,13 +46,15 @@ MAX_TOKENS = 64
 # Signal sets the fit chooses among (answer length is the baseline, never a feature). The
 # narrower ones leave out what tells kinds of question apart more than right from wrong.
 _HEAD = ["head_mean_logprob", "head_min_logprob", "head_mean_entropy"]
+_ANSWER = ["key_logprob", "key_min_logprob", "key_entropy", "key_margin", "content_mean_logprob",
+           "content_mean_entropy"]
 _CONFIDENCE = ["mean_logprob", "min_logprob", "p10_logprob", "mean_entropy", "agreement", "overlap",
                "consistency"]
 FEATURE_SETS = {
-    "all": [*_CONFIDENCE, *_HEAD, "relevance", "repetition", "completeness"],
-    "confidence": [*_CONFIDENCE, *_HEAD],
-    "confidence+form": [*_CONFIDENCE, *_HEAD, "repetition", "completeness"],
-    "head+agreement": [*_HEAD, "agreement", "overlap", "consistency"],
+    "all": [*_CONFIDENCE, *_HEAD, *_ANSWER, "relevance", "repetition", "completeness"],
+    "confidence": [*_CONFIDENCE, *_HEAD, *_ANSWER],
+    "confidence+form": [*_CONFIDENCE, *_HEAD, *_ANSWER, "repetition", "completeness"],
+    "answer+agreement": [*_ANSWER, "agreement", "overlap", "consistency"],
 }
 # Signals that need consistency samples drawn beside the answer (`router.quality.samples` > 0).
 SAMPLE_SIGNALS = {"agreement", "overlap", "consistency"}
@@ -112,7 +116,9 @@ def relabel(path: Path) -> int:
 
 async def ask(client: httpx.AsyncClient, q: dict, model: str, tier: str | None,
               samples: int) -> dict:
-    quality = {"max_attempts": 1, "samples": samples, **({"tier": tier} if tier else {})}
+    # samples drawn with every answer (sample_below 1), whatever the graph's cascade default
+    quality = {"max_attempts": 1, "samples": samples, "sample_below": 1.0 if samples else 0.0,
+               **({"tier": tier} if tier else {})}
     r = await client.post("/v1/chat/completions", json={
         "model": model, "messages": [{"role": "user", "content": q["prompt"]}], "temperature": 0,
         "max_tokens": MAX_TOKENS, "quality": quality})
@@ -194,11 +200,23 @@ async def collect(url: str, questions_file: Path, model: str | None, tier: str |
         if next_tier:
             await cross_tier(client, rows, model, next_tier)
     rows = [{**r, "made_with": made_with} for r in rows]
+    kept = other_dtypes(out, made_with)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out.write_text("".join(json.dumps(r) + "\n" for r in kept + rows))
     right = sum(r["right"] for r in rows)
-    print(f"{len(rows)} answers, {right} right ({right / len(rows):.1%}) -> {out}")
+    print(f"{len(rows)} answers, {right} right ({right / len(rows):.1%}) -> {out}"
+          + (f" (beside {len(kept)} of the same model in another dtype)" if kept else ""))
     return rows
+
+
+def other_dtypes(path: Path, made_with: dict) -> list[dict]:
+    """The answers in `path` that a new collection keeps: the same model's in another dtype (a
+    calibration fitted on both holds for both; AVX2 hosts serve float32, AVX-512 BF16 ones
+    bfloat16). Another model's answers, or this dtype's, are replaced."""
+    if not path.exists():
+        return []
+    return [r for r in load_rows([path]) if (r.get("made_with") or {}).get("model")
+            == made_with["model"] and r["made_with"].get("dtype") != made_with["dtype"]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,6 +228,15 @@ def auc(labels, scores) -> float | None:
     from sklearn.metrics import roc_auc_score
 
     return None if len(set(labels)) < 2 else float(roc_auc_score(labels, scores))
+
+
+def set_weights(rows: list[dict]):
+    """Each labelled set weighs the same in a fit, whatever its number of answers: the
+    hand-written questions (what users ask) count as much as the templated battery."""
+    import numpy as np
+
+    sizes = {name: sum(r["set"] == name for r in rows) for name in {r["set"] for r in rows}}
+    return np.array([len(rows) / (len(sizes) * sizes[r["set"]]) for r in rows])
 
 
 class Model:
@@ -226,7 +253,8 @@ class Model:
         self.scale = x.std(axis=0)
         self.scale[self.scale == 0] = 1.0
         self.lr = LogisticRegression(C=c, max_iter=2000).fit(
-            (x - self.mean) / self.scale, [int(r["right"]) for r in rows])
+            (x - self.mean) / self.scale, [int(r["right"]) for r in rows],
+            sample_weight=set_weights(rows))
 
     def matrix(self, rows: list[dict]):
         import numpy as np
@@ -264,11 +292,12 @@ def within_kind_auc(rows: list[dict], scores) -> tuple[float | None, dict[str, f
     return (round(sum(per.values()) / len(per), 4) if per else None), per
 
 
-def platt(logits, labels) -> list[float]:
+def platt(logits, labels, weights=None) -> list[float]:
     """Slope and intercept mapping logits to probabilities (near-unregularised 1-D fit)."""
     from sklearn.linear_model import LogisticRegression
 
-    lr = LogisticRegression(C=1e4, max_iter=2000).fit([[z] for z in logits], labels)
+    lr = LogisticRegression(C=1e4, max_iter=2000).fit([[z] for z in logits], labels,
+                                                      sample_weight=weights)
     return [float(lr.coef_[0][0]), float(lr.intercept_[0])]
 
 
@@ -313,7 +342,7 @@ def fit(rows: list[dict], choose: tuple[str, float] | None = None, samples: bool
     features = sets[name]
     model = Model(features, c, train)
     held_out = out_of_group_logits(train, features, c)
-    slope, offset = platt(held_out, labels)
+    slope, offset = platt(held_out, labels, set_weights(train))
     calibration = Calibration(features=features, mean=model.mean, scale=model.scale.tolist(),
                               coef=model.lr.coef_[0].tolist(),
                               intercept=float(model.lr.intercept_[0]), threshold=0.5,

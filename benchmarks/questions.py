@@ -7,9 +7,10 @@ and seeded generators; each question has one expected answer (with aliases) and 
 - numbers (arithmetic, squares and roots, unit conversions, letter counts): the number the answer
   asserts as its result (after its last "=", "is", "equals", "gives" ...; "40 - 20 = 20" answers
   20) must equal the expected one; with no such statement, a short first sentence ("52.");
-- years: the first year in the answer, or for a beginning or an end, the year of the sentence
-  that says it began or ended; comparisons: the number the answer calls the larger or smaller
-  one (repeating "A or B", or subtracting them, picks nothing);
+- years: the first year in the answer, or for a beginning, an end or a fall, the year of the
+  sentence that says it began, ended or fell (a first year said of the opposite event, "built in
+  1989" for when the Wall fell, answers nothing); comparisons: the number the answer calls the
+  larger or smaller one (repeating "A or B", or subtracting them, picks nothing);
 - names (capitals, authors, element symbols, days and months): the expected name (or an alias) must
   be in the answer as whole words; "who wrote" takes the name after the answer's last "written
   by"; for days/months the first such name not in the question counts.
@@ -390,7 +391,8 @@ def judge(question: Question, answer: str) -> bool:
         return asserted_number(answer, question.prompt) == float(expected)
     if question.judge == "year":
         years = [n for n in numbers_in(answer) if 100 <= n <= 2100 and n == int(n)]
-        return bool(years) and years[_event_year(answer, question.prompt, years)] == float(expected)
+        at = _event_year(answer, question.prompt, years) if years else None
+        return at is not None and years[at] == float(expected)
     if question.judge == "first_of":
         return picked_of_two(answer, question.prompt, question.aliases) == float(expected)
     if question.judge == "symbol":
@@ -414,19 +416,33 @@ def judge(question: Question, answer: str) -> bool:
 _VERB_FORMS = {
     "begin": ("begin", "began", "begun", "beginning", "start", "started", "broke out"),
     "end": ("end", "ended", "ending", "concluded", "came to an end"),
+    "fall": ("fall", "fell", "fallen", "came down", "torn down", "collapsed", "brought down"),
 }
+_MAKING = ("built", "erected", "constructed", "founded", "established", "put up")
+# Forms that say the opposite event happened in a year: that year is not the answer.
+_OPPOSITE_FORMS = {"begin": _VERB_FORMS["end"], "end": _VERB_FORMS["begin"] + _MAKING,
+                   "fall": _VERB_FORMS["begin"] + _MAKING}
 
 
-def _event_year(answer: str, question: str, years: list[float]) -> int:
+def _event_year(answer: str, question: str, years: list[float]) -> int | None:
     """Which of the answer's years it gives for the event asked: for a question about when
-    something began or ended, the first year in a sentence that says so ("1945 marked the end
-    ... which began on September 1st, 1939" gives 1939 for the beginning); else the first."""
+    something began, ended or fell, the first year in a sentence that says so ("1945 marked the
+    end ... which began on September 1st, 1939" gives 1939 for the beginning); else the first,
+    unless its sentence says the opposite happened then ("the Wall was built in 1989" does not
+    say when it fell: None)."""
     verb = next((v for v in _VERB_FORMS if re.search(rf"\b{v}\b", question, re.I)), None)
     if verb is None:
         return 0
-    for part in re.split(r"(?<=[.;])\s+|,\s*(?:which|and|but)\b", answer):
-        if any(re.search(rf"\b{f}\b", part, re.I) for f in _VERB_FORMS[verb]):
+    parts = re.split(r"(?<=[.;])\s+|,\s*(?:which|and|but)\b", answer)
+    for part in parts:
+        if _says(part, _VERB_FORMS[verb]):
             here = [n for n in numbers_in(part) if 100 <= n <= 2100 and n == int(n)]
             if here:
                 return years.index(here[0])
-    return 0
+    first = next((p for p in parts
+                  if any(100 <= n <= 2100 and n == int(n) for n in numbers_in(p))), answer)
+    return None if _says(first, _OPPOSITE_FORMS[verb]) else 0
+
+
+def _says(text: str, forms: tuple[str, ...]) -> bool:
+    return any(re.search(rf"\b{f}\b", text, re.I) for f in forms)

@@ -4,6 +4,10 @@ Every signal is generic (no answer keys, no fact tables) and computed from what 
 embedder return for one answer:
 - token uncertainty: mean, minimum and 10th-percentile token logprob; mean entropy over the top-k
   candidates vLLM returns per token; the same over the answer's head (its first sentence);
+- the answer's own words: the logprob, entropy and top-2 margin of the tokens that spell what the
+  answer asserts, where it first says it (`normalised_answer`: "42", "Canberra"), and the mean logprob and entropy of its
+  content words (not in the prompt, not function words), so that a confident echo of the question
+  does not hide an unsure answer;
 - self-consistency: k extra samples of the same prompt drawn in the same engine request; their mean
   cosine to the answer (MiniLM), the share whose normalised answer equals the answer's
   (`agreement`), and the overlap of their new content words (`overlap`);
@@ -107,6 +111,49 @@ def head_signals(tokens: Sequence[str], logprobs: Sequence[float],
     head = token_signals(logprobs[:end], tops[:end])
     return {f"head_{k}": v for k, v in head.items() if k in ("mean_logprob", "min_logprob",
                                                              "mean_entropy")}
+
+
+_SPAN_WORD = re.compile(r"\d+(?:,\d{3})+|\w+", re.UNICODE)
+
+
+def answer_signals(tokens: Sequence[str], logprobs: Sequence[float],
+                   tops: Sequence[Sequence[float]], prompt: str) -> dict[str, float]:
+    """Uncertainty where the answer commits to what it asserts (`key_*`: the first occurrence of
+    the word `normalised_answer` picks, else the answer's first word; measured here, the first
+    occurrence ranks right above wrong better than the last, which often restates it) and over
+    its content words (`content_*`: else every token). Spans are found in the joined tokens."""
+    text = "".join(tokens)
+    ends = [0]
+    for t in tokens:
+        ends.append(ends[-1] + len(t))
+    asked = {w.lower() for w in _WORD.findall(prompt)}
+    words = [(m.start(), m.end(), m.group().replace(",", "")) for m in _SPAN_WORD.finditer(text)]
+    if not words:
+        return {}
+    key = _asserted(content_words(text, prompt))
+    at = [w for w in words if w[2].lower() == key] or words[:1]
+    key_span = at[0]
+    content = [w for w in words
+               if w[2].lower() not in asked and w[2].lower() not in _STOPWORDS] or words
+
+    def covering(spans) -> list[int]:
+        return [i for i in range(len(tokens))
+                if any(ends[i] < end and ends[i + 1] > start for start, end, _ in spans)]
+
+    key_ix, content_ix = covering([key_span]), covering(content)
+    if not key_ix or not content_ix:
+        return {}
+    first = tops[key_ix[0]] if len(tops) > key_ix[0] else []
+    entropy = [_entropy(tops[i]) if len(tops) > i else 0.0 for i in key_ix]
+    out = {"key_logprob": sum(logprobs[i] for i in key_ix),
+           "key_min_logprob": min(logprobs[i] for i in key_ix),
+           "content_mean_logprob": sum(logprobs[i] for i in content_ix) / len(content_ix)}
+    if tops:
+        out["key_entropy"] = sum(entropy) / len(entropy)
+        out["key_margin"] = first[0] - first[1] if len(first) > 1 else 0.0
+        out["content_mean_entropy"] = (sum(_entropy(tops[i]) for i in content_ix if len(tops) > i)
+                                       / len(content_ix))
+    return out
 
 
 def _entropy(logprobs: Sequence[float]) -> float:
@@ -227,6 +274,7 @@ def signals(e: Evidence, repetition_ngram: int = 3) -> dict[str, float]:
         out.update(token_signals(e.logprobs, e.tops))
         if e.tokens:
             out.update(head_signals(e.tokens, e.logprobs, e.tops))
+            out.update(answer_signals(e.tokens, e.logprobs, e.tops, e.prompt))
     if e.samples is not None:
         out.update(consistency_signals(e.answer, e.samples, e.prompt, e.answer_vec, e.sample_vecs))
     if e.prompt_vec is not None and e.answer_vec is not None:

@@ -24,6 +24,7 @@ from deployments.quality import (
     structure_check,
     token_signals,
 )
+from deployments.quality import answer_signals
 
 
 def test_cosine():
@@ -162,7 +163,8 @@ def test_shipped_calibration_loads_and_names_known_signals():
     assert len(cal.features) == len(cal.mean) == len(cal.scale) == len(cal.coef) >= 3
     assert 0 < cal.threshold < 1 and data["answers"] >= 800
     known = set(signals(Evidence(prompt="q", answer="An answer.", finish_reason="stop",
-                                 logprobs=[-0.1], tops=[[-0.1, -3]], samples=["An answer."],
+                                 logprobs=[-0.1] * 3, tops=[[-0.1, -3]] * 3,
+                                 tokens=["An", " answer", "."], samples=["An answer."],
                                  prompt_vec=[1], answer_vec=[1], sample_vecs=[[1]])))
     assert set(cal.features) <= known
 
@@ -203,3 +205,27 @@ def test_head_signals_read_the_first_sentence_only():
     assert "head_mean_logprob" in signals(e)
     assert "head_mean_logprob" not in signals(Evidence(prompt="q", answer="x", finish_reason="stop",
                                                        logprobs=[-0.1]))
+
+
+def test_answer_signals_read_where_the_answer_first_says_what_it_asserts():
+    """key_*: the tokens of the first "42" (where the model committed), not its confident
+    restatement; content_*: the words the prompt does not already hold."""
+    prompt = "What is 40 plus 2?"
+    tokens = ["40", " plus", " 2", " is", " 4", "2", ".", " So", " 42", "."]
+    logprobs = [-0.1, -0.1, -0.1, -0.2, -1.5, -0.5, -0.1, -0.3, -0.05, -0.1]
+    tops = [[lp, lp - 1.0] for lp in logprobs]
+    out = answer_signals(tokens, logprobs, tops, prompt)
+    assert out["key_logprob"] == pytest.approx(-2.0)  # " 4" + "2": the first 42, both tokens
+    assert out["key_min_logprob"] == pytest.approx(-1.5)
+    assert out["key_margin"] == pytest.approx(1.0)  # top-1 minus top-2 at the key's first token
+    # content words: "42" twice; "40", "plus", "2", "is" are the prompt's, "So" a function word
+    assert out["content_mean_logprob"] == pytest.approx((-1.5 - 0.5 - 0.05) / 3)
+    assert "key_entropy" in out and "content_mean_entropy" in out
+    assert "key_entropy" not in answer_signals(tokens, logprobs, [], prompt)  # no candidates
+    # nothing new asserted: the first word stands in, and every word is content
+    echo = answer_signals(["Yes", "."], [-0.7, -0.1], [], "Is it?")
+    assert echo["key_logprob"] == pytest.approx(-0.7)
+    assert answer_signals([], [], [], prompt) == {}
+    e = Evidence(prompt=prompt, answer="".join(tokens), finish_reason="stop", logprobs=logprobs,
+                 tops=tops, tokens=tokens)
+    assert signals(e)["key_logprob"] == pytest.approx(-2.0)
