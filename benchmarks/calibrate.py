@@ -457,7 +457,12 @@ def report(rows: list[dict], calibration, samples: bool = True) -> dict:
     base = sum(r["right"] for r in train) / len(train)
     rate = {k: sum(r["right"] for r in train if r["kind"] == k) /
             len([r for r in train if r["kind"] == k]) for k in {r["kind"] for r in train}}
+    made_in: dict[str, int] = {}
+    for r in rows:
+        dtype = str((r.get("made_with") or {}).get("dtype"))
+        made_in[dtype] = made_in.get(dtype, 0) + 1
     out = {"answers": len(rows), "right": sum(r["right"] for r in rows), "fit_answers": len(train),
+           "dtypes": made_in,
            "base_rate": round(base, 4), "threshold": calibration.threshold,
            "operating_point": calibration.operating_point, "platt": calibration.platt,
            "relevance_floor": calibration.relevance_floor,
@@ -483,6 +488,21 @@ def report(rows: list[dict], calibration, samples: bool = True) -> dict:
             natural, [probs[r["id"]] for r in natural], calibration.threshold, base, rate)
     if getattr(calibration, "without_samples", None) is not None:
         out["without_samples"] = report(rows, calibration.without_samples, False)
+        out["signals"] = signal_aucs(rows)
+    return out
+
+
+def signal_aucs(rows: list[dict]) -> dict[str, dict[str, float | None]]:
+    """Each signal alone: its mean within-kind AUC over every answer of each set, read in its
+    better direction (an entropy ranks right answers low). What each one brings to the fit."""
+    names = sorted({k for r in rows for k in r["signals"]} - {"cross_tier_logprob"})
+    out: dict[str, dict[str, float | None]] = {}
+    for name in names:
+        out[name] = {}
+        for set_ in sorted({r["set"] for r in rows}):
+            have = [r for r in rows if r["set"] == set_ and name in r["signals"]]
+            value, _ = within_kind_auc(have, [r["signals"][name] for r in have])
+            out[name][set_] = _best_direction(value)
     return out
 
 
@@ -509,7 +529,9 @@ def markdown(r: dict) -> str:
     sets = r["sets"]
     sel = r["selection"]
     lines = [
-        f"{r['answers']} answers ({r['right']} right); fitted on {r['fit_answers']} (base rate "
+        f"{r['answers']} answers ({r['right']} right; "
+        + ", ".join(f"{n} in {d}" for d, n in sorted(r.get("dtypes", {}).items()))
+        + f"); fitted on {r['fit_answers']} (base rate "
         f"{r['base_rate']:.1%}). Features: {sel['features']} ({len(r['features'])} signals), "
         f"C = {sel['C']}, chosen by the mean within-kind AUC of out-of-kind predictions on the "
         f"fit split; Platt map {r['platt'][0]:.3f} × logit + {r['platt'][1]:.3f}. Threshold "
@@ -530,22 +552,38 @@ def markdown(r: dict) -> str:
               for label, cell in rows]
     free = r.get("without_samples")
     if free:  # the cascade's first look: the same answers, scored without their samples
-        lines += ["", f"Without samples (the gate's first look at an answer; threshold "
-                  f"{free['threshold']:.3f}):", "", "| | " + " | ".join(free["sets"]) + " |",
-                  "|---|" + "---|" * len(free["sets"])]
+        lines += ["", f"Without samples (the CPU default's score, and the cascade's first look at "
+                  f"an answer; threshold {free['threshold']:.3f}, features: "
+                  f"{free['selection']['features']}, C = {free['selection']['C']}):", "",
+                  "| | " + " | ".join(free["sets"]) + " |", "|---|" + "---|" * len(free["sets"])]
         lines += [f"| {label} | " + " | ".join(cell(s) for s in free["sets"].values()) + " |"
-                  for label, cell in rows[1:2] + rows[4:5] + rows[8:]]
+                  for label, cell in rows[1:]]
         lines += [f"| would draw samples at sample_below {b} | " + " | ".join(
             pct(s["below"][str(b)]) for s in free["sets"].values()) + " |" for b in CASCADE_BANDS]
-    for name, s in sets.items():
-        lines += ["", f"**{name}**, per kind:", "",
-                  "| kind | n | accuracy | predicted | AUC within | Brier | Brier base rate | "
-                  "right passed | wrong passed |", "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {k} | {v['answers']} | {v['accuracy']:.0%} | {v['mean_predicted']:.2f} | "
-                  f"{num(v['auc_within'])} | {v['brier']:.3f} | {v['brier_base_rate']:.3f} | "
-                  f"{pct(v['right_passed'])} | {pct(v['wrong_passed'])} |"
-                  for k, v in s["kinds"].items()]
+    if r.get("signals"):
+        sets_ = sorted({k for v in r["signals"].values() for k in v})
+        lines += ["", "Each signal alone, mean within-kind AUC over every answer of a set (in its "
+                  "better direction):", "", "| signal | " + " | ".join(sets_) + " |",
+                  "|---|" + "---|" * len(sets_)]
+        lines += [f"| {name} | " + " | ".join(num(v.get(x)) for x in sets_) + " |"
+                  for name, v in sorted(r["signals"].items(),
+                                        key=lambda kv: -max(x or 0 for x in kv[1].values()))]
+    for label, report_ in (("", r), (", without samples", free)):
+        for name, s in (report_ or {}).get("sets", {}).items():
+            lines += per_kind(f"**{name}**{label}, per kind:", s, num, pct)
     return "\n".join(lines) + "\n"
+
+
+def per_kind(title: str, s: dict, num, pct) -> list[str]:
+    """One report set's table by kind (or topic)."""
+    lines = ["", title, "",
+             "| kind | n | accuracy | predicted | AUC within | Brier | Brier base rate | "
+             "right passed | wrong passed |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {k} | {v['answers']} | {v['accuracy']:.0%} | {v['mean_predicted']:.2f} | "
+              f"{num(v['auc_within'])} | {v['brier']:.3f} | {v['brier_base_rate']:.3f} | "
+              f"{pct(v['right_passed'])} | {pct(v['wrong_passed'])} |"
+              for k, v in s["kinds"].items()]
+    return lines
 
 
 def reliability_plot(r: dict, path: Path) -> None:
@@ -554,11 +592,13 @@ def reliability_plot(r: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = plt.subplots(figsize=(6.5, 6))
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
-    for name, s in r["sets"].items():
-        xs, ys, ns = zip(*s["reliability"])
-        ax.plot(xs, ys, marker="o", label=f"{name} (ECE {s['ece']:.3f})")
+    for label, style, report_ in (("", "-", r), (", no samples", "--", r.get("without_samples"))):
+        for i, (name, s) in enumerate((report_ or {}).get("sets", {}).items()):
+            xs, ys, ns = zip(*s["reliability"])
+            ax.plot(xs, ys, marker="o", linestyle=style, color=f"C{i}",
+                    label=f"{name}{label} (ECE {s['ece']:.3f})")
     ax.set_xlabel("predicted P(right), bin mean")
     ax.set_ylabel("observed share right")
     ax.set_title("Reliability of the calibrated score")

@@ -3,7 +3,8 @@
 Every second the task asks the core a trivial question (a utility call over its socket). The core
 answers between two steps, so a busy one answers within a step's time, and one that is stopped or
 hung in a step does not answer at all, whatever requests it holds: `silent_seconds` is how long the
-current question has waited. Every `HEAP_RELEASE_EVERY_S` the same task asks the worker process,
+current question has waited, and each answered question's wait is recorded
+(`graphserve_engine_silence_seconds`: how long a busy engine's silences get). Every `HEAP_RELEASE_EVERY_S` the same task asks the worker process,
 where the model runs, to hand its freed heap pages back to the OS (`heap.WorkerExtension`).
 """
 
@@ -14,14 +15,16 @@ import contextlib
 import logging
 import time
 
+from deployments import metrics
+
 log = logging.getLogger("ray.serve")
 
 HEAP_RELEASE_EVERY_S = 10.0  # each release: one utility call, answered between two steps
 
 
 class Heartbeat:
-    def __init__(self, engine, name: str):
-        self.engine, self.name = engine, name
+    def __init__(self, engine, name: str, model: str = ""):
+        self.engine, self.name, self.model = engine, name, model
         self._asked_at: float | None = None
         self._task = asyncio.create_task(self._listen())
 
@@ -36,6 +39,8 @@ class Heartbeat:
             while True:
                 self._asked_at = time.monotonic()
                 await self.engine.is_sleeping()
+                metrics.observe("graphserve_engine_silence_seconds",
+                                time.monotonic() - self._asked_at, model=self.model)
                 if time.monotonic() - released > HEAP_RELEASE_EVERY_S:
                     released = time.monotonic()
                     await self._release_worker_heap()

@@ -213,7 +213,7 @@ class LLMDeployment:
         self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[
             RayPrometheusStatLogger, keeping_scheduler_stats(self.scheduler)])
         self.tokenizer = self.engine.tokenizer
-        self.heartbeat = Heartbeat(self.engine, config.name)
+        self.heartbeat = Heartbeat(self.engine, config.name, config.model_id)
         self.dtype = str(self.engine.model_config.dtype).removeprefix("torch.")
         # The first request through a fresh engine pays its lazy setup (~10 s here): pay it now,
         # before Serve marks the replica ready.

@@ -19,6 +19,9 @@ LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 
 SCORE_BUCKETS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 LOAD_BUCKETS = [1, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600]
+# Around the stall thresholds (router.stall_reroute_s, tiers[].stall_timeout_s): how close a busy
+# engine's silences come to them.
+SILENCE_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 60]
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,10 @@ SPECS = {s.name: s for s in [
          ("tier",), tuple(SCORE_BUCKETS)),
     Spec("graphserve_health_check_failures", "counter",
          "failed replica health checks (dead or stalled engine)", ("reason",)),
+    Spec("graphserve_engine_silence_seconds", "histogram",
+         "how long the engine core took to answer each heartbeat question (answered between two "
+         "steps): a busy engine's silences, against which a stall is told apart", ("model",),
+         tuple(SILENCE_BUCKETS)),
 ]}
 
 

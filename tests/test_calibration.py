@@ -155,3 +155,21 @@ def test_the_off_topic_floor_is_below_nearly_every_right_answer(rows):
     assert sum(x < floor for x in right) <= calibrate.RELEVANCE_FLOOR_SHARE * len(right)
     assert sum(x < floor + 0.05 for x in right) > 0  # the quantile rounded down, not far below
     assert calibrate.relevance_floor([{**r, "signals": {}} for r in train]) is None
+
+
+def test_a_collection_keeps_the_same_model_s_answers_in_other_dtypes(tmp_path):
+    """One answers file per set: a new collection replaces its own model and dtype's answers,
+    keeps that model's in another dtype (the fit then holds for both), drops another model's."""
+    made = [("smol", "float32"), ("smol", "bfloat16"), ("llama", "float32")]
+    path = tmp_path / "answers_x.jsonl"
+    path.write_text("".join(json.dumps({"id": f"q{i}", "made_with": {"model": m, "dtype": d}})
+                            + "\n" for i, (m, d) in enumerate(made)))
+    kept = calibrate.other_dtypes(path, {"model": "smol", "dtype": "bfloat16"})
+    assert [r["made_with"] for r in kept] == [{"model": "smol", "dtype": "float32"}]
+    assert calibrate.other_dtypes(tmp_path / "none.jsonl", {"model": "smol", "dtype": "x"}) == []
+
+
+def test_each_labelled_set_weighs_the_same_in_the_fit():
+    rows = [{"set": "templated"}] * 3 + [{"set": "natural"}]
+    w = calibrate.set_weights(rows)
+    assert sum(w[:3]) == pytest.approx(sum(w[3:])) and sum(w) == pytest.approx(len(rows))

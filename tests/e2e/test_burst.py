@@ -1,7 +1,8 @@
 """A 1,280-request burst at the main graph (Ray issue #54070: such a burst made health checks time
 out and Serve restart healthy replicas). Every request gets an answer: a 200, a 429 with
 Retry-After (full), or a 504 (waited past request_timeout_s), each error with the OpenAI body;
-none is a 503, because nothing is down; and no replica is restarted: the health checks held."""
+none is a 503, because nothing is down; no replica is restarted: the health checks held; and
+no busy engine is taken for a stalled one: its silences stay under router.stall_reroute_s."""
 
 import asyncio
 import collections
@@ -9,12 +10,24 @@ import time
 
 import httpx
 
+from deployments.config import GraphConfig
 from tests.e2e.conftest import BASE, config_args
 from tests.helpers import replica_actors, wait_until
+from tests.support.metrics import scrape
 
 CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
 BURST = 1280
+
+
+def silences() -> dict[float, float]:
+    """Heartbeat answers so far by histogram bound (le), summed over the tiers' replicas."""
+    out: dict[float, float] = {}
+    for (name, labels), v in scrape().items():
+        if name == "ray_graphserve_engine_silence_seconds_bucket":
+            le = float(dict(labels)["le"])
+            out[le] = out.get(le, 0.0) + v
+    return out
 
 
 def replica_names() -> set[str]:
@@ -34,6 +47,7 @@ async def burst() -> list[httpx.Response | Exception]:
 
 def test_burst_of_1280_requests_sheds_cleanly_and_restarts_nothing(http):
     before = replica_names()
+    heard_before = silences()
     started = time.monotonic()
     responses = asyncio.run(burst())
     took = time.monotonic() - started
@@ -71,6 +85,17 @@ def test_burst_of_1280_requests_sheds_cleanly_and_restarts_nothing(http):
     time.sleep(12)
     # Every replica from before is still there (the embedder's autoscaling may have added one).
     assert before <= replica_names(), "a replica was restarted during the burst"
+    # The engines' silences (heartbeat waits) over the burst: none as long as the router's
+    # stall_reroute_s, after which a busy engine would be routed around as if stopped.
+    heard = {le: n - heard_before.get(le, 0.0) for le, n in silences().items()}
+    reroute_s = GraphConfig.model_validate(config_args()).router.stall_reroute_s
+    under = max(le for le in heard if le <= reroute_s)
+    longest = min(le for le, n in heard.items() if n == heard[float("inf")])
+    print(f"engine silences over the burst: {heard[float('inf')]:.0f} heartbeats, the longest "
+          f"<= {longest} s (stall_reroute_s {reroute_s})")
+    assert heard[float("inf")] > 0, heard
+    assert heard[under] == heard[float("inf")], (
+        f"an engine core was silent > {under} s while busy (stall_reroute_s {reroute_s}): {heard}")
     # Back to ok once the queues drain (a probe that waited behind the burst reads "slow").
     wait_until(lambda: http.get("/health").json()["status"] == "ok", 60,
                "/health to say ok after the burst")
