@@ -269,7 +269,8 @@ class RouterConfig(Strict):
     stall_reroute_s: float = Field(
         10.0, gt=0, description="a tier whose engine core has left a question unanswered this "
         "long (a probe says so) is routed around while another tier can answer: its waiting "
-        "attempts move on at once; a busy 2-core host has silences of a few seconds"
+        "attempts move on at once; a busy 2-core host has silences of up to 7.5 s under a burst "
+        "(graphserve_engine_silence_seconds, docs/operations.md)"
     )
     max_attempts_per_tier: int = Field(2, ge=1)
     max_attempts: int | None = Field(

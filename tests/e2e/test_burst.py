@@ -1,8 +1,8 @@
 """A 1,280-request burst at the main graph (Ray issue #54070: such a burst made health checks time
 out and Serve restart healthy replicas). Every request gets an answer: a 200, a 429 with
 Retry-After (full), or a 504 (waited past request_timeout_s), each error with the OpenAI body;
-none is a 503, because nothing is down; no replica is restarted: the health checks held; and
-no busy engine is taken for a stalled one: its silences stay under router.stall_reroute_s."""
+none is a 503, because nothing is down; no replica is restarted: the health checks held, and no
+busy engine's silence reached the stall timeout that would replace it."""
 
 import asyncio
 import collections
@@ -85,17 +85,21 @@ def test_burst_of_1280_requests_sheds_cleanly_and_restarts_nothing(http):
     time.sleep(12)
     # Every replica from before is still there (the embedder's autoscaling may have added one).
     assert before <= replica_names(), "a replica was restarted during the burst"
-    # The engines' silences (heartbeat waits) over the burst: none as long as the router's
-    # stall_reroute_s, after which a busy engine would be routed around as if stopped.
+    # The engines' silences (heartbeat waits) over the burst: none as long as a tier's
+    # stall_timeout_s, after which its health check fails and Serve would replace a busy engine.
+    # How close they come to router.stall_reroute_s (routed around while another tier answers)
+    # is printed: measured, not a rule (longest <= 7.5 s of 10 on a 2-core AVX-512 host).
     heard = {le: n - heard_before.get(le, 0.0) for le, n in silences().items()}
-    reroute_s = GraphConfig.model_validate(config_args()).router.stall_reroute_s
-    under = max(le for le in heard if le <= reroute_s)
+    config = GraphConfig.model_validate(config_args())
+    replace_s = min(t.stall_timeout_s for t in config.tiers)
+    under = max(le for le in heard if le <= replace_s)
     longest = min(le for le, n in heard.items() if n == heard[float("inf")])
     print(f"engine silences over the burst: {heard[float('inf')]:.0f} heartbeats, the longest "
-          f"<= {longest} s (stall_reroute_s {reroute_s})")
+          f"<= {longest} s (stall_reroute_s {config.router.stall_reroute_s}, "
+          f"stall_timeout_s {replace_s})")
     assert heard[float("inf")] > 0, heard
     assert heard[under] == heard[float("inf")], (
-        f"an engine core was silent > {under} s while busy (stall_reroute_s {reroute_s}): {heard}")
+        f"an engine core was silent > {under} s while busy (stall_timeout_s {replace_s}): {heard}")
     # Back to ok once the queues drain (a probe that waited behind the burst reads "slow").
     wait_until(lambda: http.get("/health").json()["status"] == "ok", 60,
                "/health to say ok after the burst")
