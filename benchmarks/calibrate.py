@@ -450,7 +450,7 @@ def evaluate(rows: list[dict], probs: list[float], threshold: float, base_rate: 
     }
 
 
-def report(rows: list[dict], calibration, samples: bool = True) -> dict:
+def report(rows: list[dict], calibration, samples: bool = True, nested: bool = False) -> dict:
     """The calibration on questions it was not fitted on: the templated test split, the
     templated held-out kind, the hand-written test half leave-one-topic-out."""
     train = [r for r in rows if r["split"] == "fit"]
@@ -487,7 +487,8 @@ def report(rows: list[dict], calibration, samples: bool = True) -> dict:
         out["sets"]["hand-written test half, leave-one-topic-out"] = evaluate(
             natural, [probs[r["id"]] for r in natural], calibration.threshold, base, rate)
     if getattr(calibration, "without_samples", None) is not None:
-        out["without_samples"] = report(rows, calibration.without_samples, False)
+        out["without_samples"] = report(rows, calibration.without_samples, False, nested=True)
+    if not nested:
         out["signals"] = signal_aucs(rows)
     return out
 

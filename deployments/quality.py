@@ -143,16 +143,14 @@ def answer_signals(tokens: Sequence[str], logprobs: Sequence[float],
     key_ix, content_ix = covering([key_span]), covering(content)
     if not key_ix or not content_ix:
         return {}
-    first = tops[key_ix[0]] if len(tops) > key_ix[0] else []
-    entropy = [_entropy(tops[i]) if len(tops) > i else 0.0 for i in key_ix]
     out = {"key_logprob": sum(logprobs[i] for i in key_ix),
            "key_min_logprob": min(logprobs[i] for i in key_ix),
            "content_mean_logprob": sum(logprobs[i] for i in content_ix) / len(content_ix)}
-    if tops:
-        out["key_entropy"] = sum(entropy) / len(entropy)
+    if len(tops) == len(tokens) and all(tops):  # every token's candidates (signal_top_k > 0)
+        first = tops[key_ix[0]]
+        out["key_entropy"] = sum(_entropy(tops[i]) for i in key_ix) / len(key_ix)
         out["key_margin"] = first[0] - first[1] if len(first) > 1 else 0.0
-        out["content_mean_entropy"] = (sum(_entropy(tops[i]) for i in content_ix if len(tops) > i)
-                                       / len(content_ix))
+        out["content_mean_entropy"] = sum(_entropy(tops[i]) for i in content_ix) / len(content_ix)
     return out
 
 

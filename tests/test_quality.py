@@ -221,7 +221,8 @@ def test_answer_signals_read_where_the_answer_first_says_what_it_asserts():
     # content words: "42" twice; "40", "plus", "2", "is" are the prompt's, "So" a function word
     assert out["content_mean_logprob"] == pytest.approx((-1.5 - 0.5 - 0.05) / 3)
     assert "key_entropy" in out and "content_mean_entropy" in out
-    assert "key_entropy" not in answer_signals(tokens, logprobs, [], prompt)  # no candidates
+    for none in ([], [[]] * len(tokens)):  # no candidates asked for (signal_top_k 0)
+        assert "key_entropy" not in answer_signals(tokens, logprobs, none, prompt)
     # nothing new asserted: the first word stands in, and every word is content
     echo = answer_signals(["Yes", "."], [-0.7, -0.1], [], "Is it?")
     assert echo["key_logprob"] == pytest.approx(-0.7)
