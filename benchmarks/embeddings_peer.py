@@ -19,6 +19,7 @@ import platform
 from pathlib import Path
 
 import httpx
+import yaml
 
 from benchmarks import load
 from benchmarks.load import SENTENCES
@@ -56,14 +57,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--infinity", required=True, help="Infinity's `infinity_emb` script")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--embedder", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="the graph's embedder config changed for this run (YAML values), "
+                        "e.g. threads=2 batch_wait_timeout_s=0")
+    parser.add_argument("--name", default="embeddings_peer", help="results file name")
     args = parser.parse_args()
+    embedder = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.embedder)}
     args.out.mkdir(parents=True, exist_ok=True)
     model = graph_args()["embedder"]["model_id"]
     results = {"machine": {"cpu": platform.processor() or platform.machine()}, "servers": {},
-               "cold_start_s": {}}
+               "cold_start_s": {}, "embedder": embedder}
     for name, server, path in (
             ("infinity", InfinityServer(18400, args.out, args.infinity, model), "/embeddings"),
-            ("graph", GraphServer(18300, args.out, canary=False), "/v1/embeddings")):
+            ("graph", GraphServer(18300, args.out, canary=False, embedder=embedder),
+             "/v1/embeddings")):
         results["cold_start_s"][name] = round(server.start(), 1)
         try:
             results["servers"][name] = asyncio.run(measure(server.base + path, model))
@@ -78,8 +85,8 @@ def main() -> None:
                                                 / infinity["32 sentences, c=4"]["sentences_per_s"], 3),
         "1 sentence, c=1, p50 difference (ms)": round(graph["1 sentence, c=1"]["p50_ms"]
                                                       - infinity["1 sentence, c=1"]["p50_ms"], 1)}
-    (args.out / "embeddings_peer.json").write_text(json.dumps(results, indent=2))
-    (args.out / "embeddings_peer.md").write_text(markdown(results))
+    (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=2))
+    (args.out / f"{args.name}.md").write_text(markdown(results))
     print(markdown(results))
 
 

@@ -163,20 +163,24 @@ class GraphServer(Server):
     name = "graph"
 
     def __init__(self, port: int, log_dir: Path, env: dict[str, str] | None = None,
-                 logging_config: dict | None = None, name: str = "graph", canary: bool = True):
+                 logging_config: dict | None = None, name: str = "graph", canary: bool = True,
+                 embedder: dict | None = None):
         """`env`: extra environment of `serve run` and the Ray it starts (Serve's fast paths);
         `logging_config`: keys replaced in the config's `logging_config`; `canary`: False turns
-        the quality canary off (its rounds are background load, not the request path)."""
+        the quality canary off (its rounds are background load, not the request path);
+        `embedder`: keys replaced in the config's `embedder` (e.g. {"threads": 2})."""
         self.env, self.logging_config, self.name = dict(env or {}), dict(logging_config or {}), name
-        self.canary = canary
+        self.canary, self.embedder = canary, dict(embedder or {})
         super().__init__(port, log_dir)
 
     def command(self):
         config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
         config["http_options"]["port"] = self.port
         config["logging_config"] = {**config.get("logging_config", {}), **self.logging_config}
+        args = config["applications"][0]["args"]
+        args["embedder"] = {**args.get("embedder", {}), **self.embedder}
         if not self.canary:
-            router = config["applications"][0]["args"].setdefault("router", {})
+            router = args.setdefault("router", {})
             router.setdefault("canary", {})["interval_s"] = 0
         self.config_file = Path(tempfile.mkdtemp()) / "serve_config.yaml"
         self.config_file.write_text(yaml.safe_dump(config))
