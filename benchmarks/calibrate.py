@@ -29,6 +29,7 @@ import asyncio
 import hashlib
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -457,12 +458,9 @@ def report(rows: list[dict], calibration, samples: bool = True, nested: bool = F
     base = sum(r["right"] for r in train) / len(train)
     rate = {k: sum(r["right"] for r in train if r["kind"] == k) /
             len([r for r in train if r["kind"] == k]) for k in {r["kind"] for r in train}}
-    made_in: dict[str, int] = {}
-    for r in rows:
-        dtype = str((r.get("made_with") or {}).get("dtype"))
-        made_in[dtype] = made_in.get(dtype, 0) + 1
+    made_in = Counter(str((r.get("made_with") or {}).get("dtype")) for r in rows)
     out = {"answers": len(rows), "right": sum(r["right"] for r in rows), "fit_answers": len(train),
-           "dtypes": made_in,
+           "dtypes": dict(made_in),
            "base_rate": round(base, 4), "threshold": calibration.threshold,
            "operating_point": calibration.operating_point, "platt": calibration.platt,
            "relevance_floor": calibration.relevance_floor,

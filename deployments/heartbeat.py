@@ -4,8 +4,9 @@ Every second the task asks the core a trivial question (a utility call over its 
 answers between two steps, so a busy one answers within a step's time, and one that is stopped or
 hung in a step does not answer at all, whatever requests it holds: `silent_seconds` is how long the
 current question has waited, and each answered question's wait is recorded
-(`graphserve_engine_silence_seconds`: how long a busy engine's silences get). Every `HEAP_RELEASE_EVERY_S` the same task asks the worker process,
-where the model runs, to hand its freed heap pages back to the OS (`heap.WorkerExtension`).
+(`graphserve_engine_silence_seconds`: how long a busy engine's silences get). Every
+`HEAP_RELEASE_EVERY_S` the same task asks the worker process, where the model runs, to hand its
+freed heap pages back to the OS (`heap.WorkerExtension`).
 """
 
 from __future__ import annotations

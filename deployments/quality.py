@@ -5,9 +5,9 @@ embedder return for one answer:
 - token uncertainty: mean, minimum and 10th-percentile token logprob; mean entropy over the top-k
   candidates vLLM returns per token; the same over the answer's head (its first sentence);
 - the answer's own words: the logprob, entropy and top-2 margin of the tokens that spell what the
-  answer asserts, where it first says it (`normalised_answer`: "42", "Canberra"), and the mean logprob and entropy of its
-  content words (not in the prompt, not function words), so that a confident echo of the question
-  does not hide an unsure answer;
+  answer asserts, where it first says it (`normalised_answer`: "42", "Canberra"), and the mean
+  logprob and entropy of its content words (not in the prompt, not function words), so that a
+  confident echo of the question does not hide an unsure answer;
 - self-consistency: k extra samples of the same prompt drawn in the same engine request; their mean
   cosine to the answer (MiniLM), the share whose normalised answer equals the answer's
   (`agreement`), and the overlap of their new content words (`overlap`);
@@ -24,6 +24,8 @@ on the fit split, i.e. it neither raises nor lowers the score.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import math
 import re
@@ -123,22 +125,21 @@ def answer_signals(tokens: Sequence[str], logprobs: Sequence[float],
     occurrence ranks right above wrong better than the last, which often restates it) and over
     its content words (`content_*`: else every token). Spans are found in the joined tokens."""
     text = "".join(tokens)
-    ends = [0]
-    for t in tokens:
-        ends.append(ends[-1] + len(t))
-    asked = {w.lower() for w in _WORD.findall(prompt)}
+    ends = list(itertools.accumulate((len(t) for t in tokens), initial=0))
+    asked = _asked(prompt)
     words = [(m.start(), m.end(), m.group().replace(",", "")) for m in _SPAN_WORD.finditer(text)]
     if not words:
         return {}
-    key = _asserted(content_words(text, prompt))
-    at = [w for w in words if w[2].lower() == key] or words[:1]
-    key_span = at[0]
-    content = [w for w in words
-               if w[2].lower() not in asked and w[2].lower() not in _STOPWORDS] or words
+    key = normalised_answer(text, prompt)
+    key_span = next((w for w in words if w[2].lower() == key), words[0])
+    content = [w for w in words if _is_content(w[2], asked)] or words
 
     def covering(spans) -> list[int]:
-        return [i for i in range(len(tokens))
-                if any(ends[i] < end and ends[i + 1] > start for start, end, _ in spans)]
+        """The tokens that overlap any of the character spans, in order."""
+        hit: set[int] = set()
+        for start, end, _ in spans:  # token i covers [ends[i], ends[i + 1])
+            hit.update(range(bisect.bisect_right(ends, start) - 1, bisect.bisect_left(ends, end)))
+        return sorted(hit)
 
     key_ix, content_ix = covering([key_span]), covering(content)
     if not key_ix or not content_ix:
@@ -162,9 +163,16 @@ def _entropy(logprobs: Sequence[float]) -> float:
 
 def content_words(text: str, prompt: str) -> list[str]:
     """The answer's words that are not in the prompt and carry content, in order (case kept)."""
-    asked = {w.lower() for w in _WORD.findall(prompt)}
-    return [w for w in _WORD.findall(text.replace(",", ""))
-            if w.lower() not in asked and w.lower() not in _STOPWORDS]
+    asked = _asked(prompt)
+    return [w for w in _WORD.findall(text.replace(",", "")) if _is_content(w, asked)]
+
+
+def _asked(prompt: str) -> set[str]:
+    return {w.lower() for w in _WORD.findall(prompt)}
+
+
+def _is_content(word: str, asked: set[str]) -> bool:
+    return word.lower() not in asked and word.lower() not in _STOPWORDS
 
 
 def normalised_answer(text: str, prompt: str) -> str:
