@@ -2,7 +2,9 @@
 
 Both serve the same packaged MiniLM folder on the same cores, one at a time (no other Ray on the
 host: `make stop` first). Each is measured on one sentence per request at c=1 (p50, p95) and c=32
-(sentences/s), and 32 sentences per request at c=4; every request's status is counted.
+(sentences/s), and 32 sentences per request at c=4; every request's status is counted. Before the
+servers: the embedder's encoder in this process (deployments/encoder.py, each backend, the graph's
+thread count), one sentence per call and 32: what the graph's HTTP path is measured against.
 
     python -m benchmarks.embeddings_peer --infinity /path/to/venv/bin/infinity_emb
 
@@ -16,6 +18,7 @@ import argparse
 import asyncio
 import json
 import platform
+import time
 from pathlib import Path
 
 import httpx
@@ -24,6 +27,9 @@ import yaml
 from benchmarks import load
 from benchmarks.load import SENTENCES
 from benchmarks.peers import GraphServer, InfinityServer, graph_args
+from deployments.config import EmbedderConfig, GraphConfig
+from deployments.encoder import SentenceEncoder
+from deployments.models import embedder_folder
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # (name, sentences per request, concurrency, requests)
@@ -41,14 +47,36 @@ async def measure(url: str, model: str) -> dict:
     return out
 
 
+def in_process(config: EmbedderConfig, seconds: float = 5.0) -> dict:
+    """Sentences/s of the encoder alone, per backend, at the graph's embedder config (threads)."""
+    out = {}
+    for backend in ("torch", "onnx"):
+        encoder = SentenceEncoder(embedder_folder(config.model_source), "cpu", "float32",
+                                  threads=config.threads or 1, backend=backend,
+                                  max_batch_tokens=config.max_batch_tokens)
+        for per_call in (1, 32):
+            texts = [SENTENCES[i % len(SENTENCES)] for i in range(per_call)]
+            encoder.encode(texts)  # warm
+            calls, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                encoder.encode(texts)
+                calls += 1
+            out[f"{backend}, {per_call} per call"] = round(
+                calls * per_call / (time.perf_counter() - started), 1)
+    return out
+
+
 def markdown(results: dict) -> str:
     lines = ["| server | scenario | sentences/s | p50 ms | p95 ms | failed |", "|---|---|---|---|---|---|"]
     for server, scenarios in results["servers"].items():
         for name, r in scenarios.items():
             lines.append(f"| {server} | {name} | {r['sentences_per_s']} | {r['p50_ms']} | "
                          f"{r['p95_ms']} | {r['failed']} of {r['requests']} |")
-    lines += ["", "| ratio, graph / Infinity | value |", "|---|---|"]
+    lines += ["", "| ratio (graph / Infinity unless named) | value |", "|---|---|"]
     for name, value in results["ratios"].items():
+        lines.append(f"| {name} | {value} |")
+    lines += ["", "| encoder in-process (sentences/s) | value |", "|---|---|"]
+    for name, value in results["in_process"].items():
         lines.append(f"| {name} | {value} |")
     return "\n".join(lines) + "\n"
 
@@ -64,9 +92,12 @@ def main() -> None:
     args = parser.parse_args()
     embedder = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.embedder)}
     args.out.mkdir(parents=True, exist_ok=True)
-    model = graph_args()["embedder"]["model_id"]
+    config = GraphConfig.model_validate(
+        {**graph_args(), "embedder": {**graph_args()["embedder"], **embedder}}).embedder
+    model = config.model_id
     results = {"machine": {"cpu": platform.processor() or platform.machine()}, "servers": {},
-               "cold_start_s": {}, "embedder": embedder}
+               "cold_start_s": {}, "embedder": embedder, "in_process": in_process(config)}
+    print("in-process", json.dumps(results["in_process"]))
     for name, server, path in (
             ("infinity", InfinityServer(18400, args.out, args.infinity, model), "/embeddings"),
             ("graph", GraphServer(18300, args.out, canary=False, embedder=embedder),
@@ -78,13 +109,17 @@ def main() -> None:
             server.stop()
         print(name, json.dumps(results["servers"][name]))
     graph, infinity = results["servers"]["graph"], results["servers"]["infinity"]
+    backend = "onnx" if config.backend == "auto" else config.backend  # auto on a CPU in float32
     results["ratios"] = {
         "1 sentence, c=32, sentences/s": round(graph["1 sentence, c=32"]["sentences_per_s"]
                                                / infinity["1 sentence, c=32"]["sentences_per_s"], 3),
         "32 sentences, c=4, sentences/s": round(graph["32 sentences, c=4"]["sentences_per_s"]
                                                 / infinity["32 sentences, c=4"]["sentences_per_s"], 3),
         "1 sentence, c=1, p50 difference (ms)": round(graph["1 sentence, c=1"]["p50_ms"]
-                                                      - infinity["1 sentence, c=1"]["p50_ms"], 1)}
+                                                      - infinity["1 sentence, c=1"]["p50_ms"], 1),
+        "graph 1 sentence c=32 / in-process 32 per call (same backend)": round(
+            graph["1 sentence, c=32"]["sentences_per_s"]
+            / results["in_process"][f"{backend}, 32 per call"], 3)}
     (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=2))
     (args.out / f"{args.name}.md").write_text(markdown(results))
     print(markdown(results))

@@ -164,13 +164,15 @@ class GraphServer(Server):
 
     def __init__(self, port: int, log_dir: Path, env: dict[str, str] | None = None,
                  logging_config: dict | None = None, name: str = "graph", canary: bool = True,
-                 embedder: dict | None = None):
+                 embedder: dict | None = None, applications: list[dict] | None = None):
         """`env`: extra environment of `serve run` and the Ray it starts (Serve's fast paths);
         `logging_config`: keys replaced in the config's `logging_config`; `canary`: False turns
         the quality canary off (its rounds are background load, not the request path);
-        `embedder`: keys replaced in the config's `embedder` (e.g. {"threads": 2})."""
+        `embedder`: keys replaced in the config's `embedder` (e.g. {"threads": 2});
+        `applications`: more Serve applications beside the graph, given the graph's args."""
         self.env, self.logging_config, self.name = dict(env or {}), dict(logging_config or {}), name
         self.canary, self.embedder = canary, dict(embedder or {})
+        self.applications = list(applications or [])
         super().__init__(port, log_dir)
 
     def command(self):
@@ -182,6 +184,9 @@ class GraphServer(Server):
         if not self.canary:
             router = args.setdefault("router", {})
             router.setdefault("canary", {})["interval_s"] = 0
+        graph = config["applications"][0]
+        config["applications"] += [{"runtime_env": graph["runtime_env"], "args": args, **extra}
+                                   for extra in self.applications]
         self.config_file = Path(tempfile.mkdtemp()) / "serve_config.yaml"
         self.config_file.write_text(yaml.safe_dump(config))
         # `serve run` starts its own local Ray: run the benchmark with no other Ray on the host

@@ -169,7 +169,14 @@ class EmbedderConfig(Strict):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="auto: float16 on a GPU, float32 on a CPU (deployments/encoder.py)"
     )
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; None: the actor's num_cpus")
+    backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="auto: ONNX Runtime on a CPU in float32, torch elsewhere "
+        "(deployments/encoder.py)"
+    )
+    threads: int | None = Field(None, ge=1, description="CPU threads (torch's or ONNX Runtime's); "
+                                "None: the actor's num_cpus")
+    max_batch_tokens: int = Field(8192, ge=1, description="padded tokens per forward pass "
+                                  "(inputs sorted by length, as TEI batches)")
     max_batch_size: int = Field(64, ge=1, description="requests merged into one encode call")
     batch_wait_timeout_s: float = Field(0.005, ge=0)
     max_inputs: int = Field(2048, ge=1, description="strings per /v1/embeddings request")

@@ -63,7 +63,9 @@ class EmbedderDeployment:
         # args); Ray pins OMP_NUM_THREADS to its CPUs, an explicit `threads` overrides that.
         self.resources = assigned(config.deployment)
         self.encoder = SentenceEncoder(folder, config.device, config.dtype,
-                                       threads=config.threads or max(1, int(self.resources["CPU"])))
+                                       threads=config.threads or max(1, int(self.resources["CPU"])),
+                                       backend=config.backend,
+                                       max_batch_tokens=config.max_batch_tokens)
         self.dimensions = self.encoder.dimensions
         self.load_seconds = time.monotonic() - started
         self.started_at = time.time()
@@ -71,8 +73,9 @@ class EmbedderDeployment:
             queue.set_max_batch_size(config.max_batch_size)
             queue.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         metrics.observe("graphserve_model_load_seconds", self.load_seconds, model=config.model_id)
-        log.info("embedder %s loaded from %s on %s in %s in %.1f s (%d dims)", config.model_id,
-                 folder, self.encoder.device, self.encoder.dtype, self.load_seconds, self.dimensions)
+        log.info("embedder %s loaded from %s on %s in %s (%s) in %.1f s (%d dims)", config.model_id,
+                 folder, self.encoder.device, self.encoder.dtype, self.encoder.backend,
+                 self.load_seconds, self.dimensions)
 
     async def embed(self, texts: list[str]) -> Embedded:
         """L2-normalised float32 vectors, one row per text, and each text's token count."""
@@ -106,6 +109,7 @@ class EmbedderDeployment:
             "dimensions": self.dimensions,
             "device": self.encoder.device,
             "dtype": self.encoder.dtype,
+            "backend": self.encoder.backend,
             "resources": self.resources,
             "load_seconds": round(self.load_seconds, 2),
             "uptime_seconds": round(time.time() - self.started_at, 1),

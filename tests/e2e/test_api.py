@@ -296,7 +296,8 @@ def test_health_reports_each_deployment(http):
         assert fitted["matches"] == (expected_dtype in dtypes), fitted
     embedder = deployments["embedder"]
     assert embedder["dimensions"] == 384 and embedder["resources"] == {"CPU": 0.2, "GPU": 0.0}
-    assert (embedder["device"], embedder["dtype"]) == ("cpu", "float32")  # `auto` on a CPU host
+    # `auto` on a CPU host: float32 on ONNX Runtime
+    assert (embedder["device"], embedder["dtype"], embedder["backend"]) == ("cpu", "float32", "onnx")
     assert all(d["serve_status"] == "HEALTHY" and d["replicas"] == {"RUNNING": 1}
                for d in deployments.values())
 
