@@ -88,19 +88,24 @@ def main() -> None:
     parser.add_argument("--embedder", nargs="*", default=[], metavar="KEY=VALUE",
                         help="the graph's embedder config changed for this run (YAML values), "
                         "e.g. threads=2 batch_wait_timeout_s=0")
+    parser.add_argument("--serve-env", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="environment of the graph's Ray and `serve run` (Serve's data paths, "
+                        "e.g. RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1)")
     parser.add_argument("--name", default="embeddings_peer", help="results file name")
     args = parser.parse_args()
     embedder = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.embedder)}
+    serve_env = dict(kv.split("=", 1) for kv in args.serve_env)
     args.out.mkdir(parents=True, exist_ok=True)
     config = GraphConfig.model_validate(
         {**graph_args(), "embedder": {**graph_args()["embedder"], **embedder}}).embedder
     model = config.model_id
     results = {"machine": {"cpu": platform.processor() or platform.machine()}, "servers": {},
-               "cold_start_s": {}, "embedder": embedder, "in_process": in_process(config)}
+               "cold_start_s": {}, "embedder": embedder, "serve_env": serve_env,
+               "in_process": in_process(config)}
     print("in-process", json.dumps(results["in_process"]))
     for name, server, path in (
             ("infinity", InfinityServer(18400, args.out, args.infinity, model), "/embeddings"),
-            ("graph", GraphServer(18300, args.out, canary=False, embedder=embedder),
+            ("graph", GraphServer(18300, args.out, canary=False, embedder=embedder, env=serve_env),
              "/v1/embeddings")):
         results["cold_start_s"][name] = round(server.start(), 1)
         try:
