@@ -20,15 +20,16 @@ class Availability:
     A deployment that is down is skipped at once instead of waited on: Serve queues calls to a
     deployment whose replicas are restarting, and the first call through a fresh handle to a
     failed deployment waits forever rather than raising. Down is "unavailable" (a failed call or
-    probe), or "stalled" (its engine core left a question unanswered for `stall_after_s`) while
+    probe), or "stalled" (its engine core left a question unanswered for `stall_after_s`, or for
+    `frozen_after_s` with the engine's processes using no CPU meanwhile) while
     another of the `tiers` can answer sooner: a stall may be only a slow step on a crowded host,
     and waiting beats a 503. Calls already waiting on a deployment that goes down are told through
     `fell(name)`, so they move on too. The next probe that answers brings it back.
     """
 
     def __init__(self, names: list[str], stall_after_s: float = float("inf"),
-                 tiers: list[str] = ()):
-        self.stall_after_s = stall_after_s
+                 tiers: list[str] = (), frozen_after_s: float = float("inf")):
+        self.stall_after_s, self.frozen_after_s = stall_after_s, frozen_after_s
         self.tiers = list(tiers)
         self.state: dict[str, dict] = {n: {"status": "starting"} for n in names}
         self._fell = {n: asyncio.Event() for n in names}
@@ -50,10 +51,10 @@ class Availability:
         return self._fell[name]
 
     def up(self, name: str, info: dict) -> None:
-        silent = info.get("engine_silent_s", 0)
-        if silent > self.stall_after_s:
-            self._set(name, {"status": "stalled", **info,
-                             "error": f"engine core silent for {silent:.0f} s"})
+        silent, frozen = info.get("engine_silent_s", 0), info.get("engine_frozen_s", 0)
+        if silent > self.stall_after_s or frozen > self.frozen_after_s:
+            self._set(name, {"status": "stalled", **info, "error": f"engine core silent for "
+                             f"{silent:.0f} s, no CPU used for {frozen:.0f} s"})
         else:
             self._set(name, {"status": "ok", **info})
 

@@ -139,6 +139,11 @@ class LLMConfig(Strict):
         20.0, gt=0, description="health fails (Serve replaces the replica) when the engine core "
         "has not answered for this long; the router routes around it sooner (stall_reroute_s)"
     )
+    frozen_timeout_s: float = Field(
+        5.0, gt=0, description="health fails sooner when the core has not answered and the "
+        "engine's processes used no CPU for this long (stopped or deadlocked; a busy core uses "
+        "CPU); the router routes around it after router.frozen_reroute_s"
+    )
     consensus_samples: int = Field(
         0, ge=0, le=16, description="k > 0: this tier draws k samples with each answer and answers "
         "with the one they agree with most (self-consistency)",
@@ -278,6 +283,10 @@ class RouterConfig(Strict):
         "long (a probe says so) is routed around while another tier can answer: its waiting "
         "attempts move on at once; a busy 2-core host has silences of up to 7.5 s under a burst "
         "(graphserve_engine_silence_seconds, docs/operations.md)"
+    )
+    frozen_reroute_s: float = Field(
+        2.0, gt=0, description="sooner for a tier whose engine core has not answered and whose "
+        "engine processes used no CPU for this long (stopped or deadlocked: a busy core uses CPU)"
     )
     max_attempts_per_tier: int = Field(2, ge=1)
     max_attempts: int | None = Field(

@@ -68,7 +68,8 @@ class Gate:
         self.embedder = embedder
         names = [t.name for t in self.ladder]
         self.availability = availability.Availability([*names, embedder.name],
-                                                      config.stall_reroute_s, names)
+                                                      config.stall_reroute_s, names,
+                                                      config.frozen_reroute_s)
         for downstream in (*self.ladder, embedder):
             downstream.attach(self.availability)
         self.scorer = Scorer(config.quality, embedder, self.ladder, config.embedder_timeout_s,

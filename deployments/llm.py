@@ -386,21 +386,28 @@ class LLMDeployment:
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "running_requests": self.running_requests(),
             "engine_silent_s": round(self.heartbeat.silent_seconds(), 1),
+            "engine_frozen_s": round(self.heartbeat.frozen_seconds(), 1),
             # as of the engine's last step (an abort frees its blocks without a step)
             **self.scheduler,
         }
 
     async def check_health(self) -> None:
-        """Fails when the engine is dead, or stalled: its core silent for `stall_timeout_s`.
+        """Fails when the engine is dead, or stalled: its core silent for `stall_timeout_s`, or
+        silent with no CPU used for `frozen_timeout_s` (stopped or deadlocked).
 
-        A busy core answers between steps, so a burst of load does not fail this check.
+        A busy core answers between steps and uses CPU during them, so a burst of load does not
+        fail this check.
         """
         try:
             await self.engine.check_health()
         except Exception:
             metrics.inc("graphserve_health_check_failures", reason="engine_dead")
             raise
-        silent = self.heartbeat.silent_seconds()
+        silent, frozen = self.heartbeat.silent_seconds(), self.heartbeat.frozen_seconds()
+        if frozen > self.config.frozen_timeout_s:
+            metrics.inc("graphserve_health_check_failures", reason="stalled")
+            raise RuntimeError(f"engine stalled: its core has not answered for {silent:.0f} s "
+                               f"and its processes used no CPU for {frozen:.0f} s")
         if silent > self.config.stall_timeout_s:
             metrics.inc("graphserve_health_check_failures", reason="stalled")
             raise RuntimeError(f"engine stalled: its core has not answered for {silent:.0f} s "

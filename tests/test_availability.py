@@ -40,6 +40,21 @@ def test_a_stalled_tier_is_still_used_when_no_other_tier_can_answer_sooner():
     assert seen.fell("careful").is_set()
 
 
+def test_a_silent_engine_using_no_cpu_is_stalled_sooner_than_a_busy_one():
+    """Silent 3 s in a long step (its processes use CPU): still ok below stall_after_s; silent 3 s
+    with no CPU used for more than frozen_after_s (stopped, deadlocked): stalled at once."""
+    seen = Availability(["fast", "careful"], stall_after_s=10, tiers=["fast", "careful"],
+                        frozen_after_s=2)
+    seen.up("careful", {"engine_silent_s": 0.0, "engine_frozen_s": 0.0})
+    seen.up("fast", {"engine_silent_s": 7.5, "engine_frozen_s": 0.0})
+    assert not seen.is_down("fast") and seen.state["fast"]["status"] == "ok"
+    seen.up("fast", {"engine_silent_s": 3.0, "engine_frozen_s": 2.5})
+    assert seen.is_down("fast") and seen.state["fast"]["status"] == "stalled"
+    assert "no CPU used for 2 s" in seen.state["fast"]["error"]
+    seen.up("fast", {"engine_silent_s": 0.0, "engine_frozen_s": 0.0})
+    assert not seen.is_down("fast")
+
+
 
 
 def test_health_is_ok_degraded_or_unavailable_by_what_can_answer():

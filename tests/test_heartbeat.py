@@ -1,7 +1,11 @@
 """The engine core's heartbeat with a fake engine: silence measured, the heap released on a period."""
 
 import asyncio
+import signal
+import subprocess
+import sys
 
+import psutil
 import pytest
 
 from deployments import heartbeat
@@ -65,3 +69,44 @@ def test_a_failed_heap_release_is_logged_unless_the_engine_died():
     asyncio.run(scenario(False))
     with pytest.raises(TimeoutError):
         asyncio.run(scenario(True))
+
+
+def test_a_stopped_engine_process_is_frozen_and_a_busy_one_is_not():
+    """Real processes: a core that spins (busy in a long step) is silent but not frozen; the same
+    process SIGSTOPped is frozen for as long as it stays stopped; continued, it is not."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        async def scenario():
+            engine = Engine()
+            engine.answering.clear()  # silent from the first question on
+            beat = Heartbeat(engine, "fast", processes=[psutil.Process(spinner.pid)])
+            await asyncio.sleep(1.0)
+            assert beat.silent_seconds() >= 0.9 and beat.frozen_seconds() < 0.5  # busy, not frozen
+            spinner.send_signal(signal.SIGSTOP)
+            await asyncio.sleep(1.2)
+            assert beat.frozen_seconds() >= 0.6
+            spinner.send_signal(signal.SIGCONT)
+            await asyncio.sleep(0.6)
+            assert beat.frozen_seconds() < 0.5
+            engine.answering.set()
+            await asyncio.sleep(0.05)
+            assert beat.silent_seconds() == beat.frozen_seconds() == 0.0
+            beat._task.cancel()
+            beat._sampler.cancel()
+
+        asyncio.run(scenario())
+    finally:
+        spinner.kill()
+
+
+def test_without_known_engine_processes_nothing_is_frozen():
+    async def scenario():
+        engine = Engine()
+        engine.answering.clear()
+        beat = Heartbeat(engine, "fast", processes=[])
+        await asyncio.sleep(0.6)
+        assert beat.silent_seconds() >= 0.5 and beat.frozen_seconds() == 0.0
+        beat._task.cancel()
+        beat._sampler.cancel()
+
+    asyncio.run(scenario())

@@ -34,22 +34,45 @@ def replica_names() -> set[str]:
     return {a["name"] for a in replica_actors("graphserve")}
 
 
-async def burst() -> list[httpx.Response | Exception]:
+async def watch_tiers(seen: dict, until: asyncio.Event) -> None:
+    """What the router reports of each tier while the burst lasts: every status it showed and the
+    longest `engine_frozen_s` (a silent core seen using no CPU: what routes a tier around sooner)."""
+    async with httpx.AsyncClient(base_url=BASE, timeout=60) as client:
+        while not until.is_set():
+            try:
+                deployments = (await client.get("/health")).json()["deployments"]
+            except httpx.HTTPError:
+                continue
+            for tier in seen["tiers"]:
+                seen["statuses"].add(deployments[tier]["status"])
+                seen["frozen_s"] = max(seen["frozen_s"], deployments[tier].get("engine_frozen_s", 0))
+            seen["reads"] += 1
+            await asyncio.sleep(0.5)
+
+
+async def burst(seen: dict) -> list[httpx.Response | Exception]:
     chat = {"model": CHAT, "max_tokens": 4, "temperature": 0, "quality": {"enabled": False},
             "messages": [{"role": "user", "content": "Hi"}]}
     embed = {"model": EMBED, "input": ["a sentence in a burst"]}
     limits = httpx.Limits(max_connections=BURST, max_keepalive_connections=0)
+    done = asyncio.Event()
+    watcher = asyncio.create_task(watch_tiers(seen, done))
     async with httpx.AsyncClient(base_url=BASE, timeout=180, limits=limits) as client:
         calls = [client.post("/v1/embeddings", json=embed) if i % 5 == 4
                  else client.post("/v1/chat/completions", json=chat) for i in range(BURST)]
-        return await asyncio.gather(*calls, return_exceptions=True)
+        responses = await asyncio.gather(*calls, return_exceptions=True)
+    done.set()
+    await watcher
+    return responses
 
 
 def test_burst_of_1280_requests_sheds_cleanly_and_restarts_nothing(http):
     before = replica_names()
     heard_before = silences()
+    config = GraphConfig.model_validate(config_args())
+    seen = {"tiers": [t.name for t in config.tiers], "statuses": set(), "frozen_s": 0.0, "reads": 0}
     started = time.monotonic()
-    responses = asyncio.run(burst())
+    responses = asyncio.run(burst(seen))
     took = time.monotonic() - started
     errors = [r for r in responses if isinstance(r, Exception)]
     answered = [r for r in responses if not isinstance(r, Exception)]
@@ -61,6 +84,12 @@ def test_burst_of_1280_requests_sheds_cleanly_and_restarts_nothing(http):
     print(f"\n{BURST} requests at once in {took:.1f} s: {dict(codes)}, "
           f"{len(errors)} connection errors; refusals: {dict(kinds)}")
     assert not errors, errors[:3]
+    # A busy engine uses CPU while it is silent: never seen frozen long enough to be routed around
+    # (router.frozen_reroute_s) or replaced (the tiers' frozen_timeout_s; below: no restart).
+    print(f"/health read {seen['reads']} times during the burst: tier statuses "
+          f"{sorted(seen['statuses'])}, longest engine_frozen_s {seen['frozen_s']}")
+    assert seen["reads"] >= 3, seen
+    assert seen["frozen_s"] <= config.router.frozen_reroute_s, seen
     # Nothing is down, so what does not fit is "busy" (429), never "unavailable" (503); what
     # waited past request_timeout_s in the queues is a 504. Each with the OpenAI error body.
     assert set(codes) <= {200, 429, 504}, codes
@@ -90,7 +119,6 @@ def test_burst_of_1280_requests_sheds_cleanly_and_restarts_nothing(http):
     # How close they come to router.stall_reroute_s (routed around while another tier answers)
     # is printed: measured, not a rule (longest <= 7.5 s of 10 on a 2-core AVX-512 host).
     heard = {le: n - heard_before.get(le, 0.0) for le, n in silences().items()}
-    config = GraphConfig.model_validate(config_args())
     replace_s = min(t.stall_timeout_s for t in config.tiers)
     under = max(le for le in heard if le <= replace_s)
     longest = min(le for le, n in heard.items() if n == heard[float("inf")])
