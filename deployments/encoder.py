@@ -6,10 +6,11 @@ tested where Ray and vLLM cannot be installed (`make test-gpu`, tests/gpu/). On 
 
 On a CPU in float32 the model's transformer runs on ONNX Runtime ("auto" backend): exported once
 from the sentence-transformers model (`onnx_file`, cached like the LLM's safetensors), its output
-goes through the model's own pooling and normalisation modules. One thread, MiniLM: 2.8x torch's
-sentences/s one sentence at a time and 1.3x at 32 (`python -m benchmarks.encoders`, RESULTS.md),
-vectors within cosine 0.9999 of torch's (tests/test_encoder.py). sentence-transformers' own
-`backend="onnx"` needs optimum, which pins transformers < 4.58 (vLLM needs 5.x): not usable here.
+goes through the model's own pooling and normalisation modules. One thread, MiniLM: 2.5x torch's
+sentences/s one sentence at a time and 1.3x at 32 (`python -m benchmarks.embeddings_peer`, its
+in-process table; RESULTS.md), vectors within cosine 0.999 of torch's (tests/test_encoder.py).
+sentence-transformers' own `backend="onnx"` needs optimum, which pins transformers < 4.58 (vLLM
+needs 5.x): not usable here.
 Inputs are sorted by length and cut into batches by a padded-token budget (as TEI batches).
 """
 
