@@ -42,11 +42,11 @@ async def watch_tiers(seen: dict, until: asyncio.Event) -> None:
             try:
                 deployments = (await client.get("/health")).json()["deployments"]
             except httpx.HTTPError:
-                continue
-            for tier in seen["tiers"]:
+                deployments = None
+            for tier in seen["tiers"] if deployments else ():
                 seen["statuses"].add(deployments[tier]["status"])
                 seen["frozen_s"] = max(seen["frozen_s"], deployments[tier].get("engine_frozen_s", 0))
-            seen["reads"] += 1
+            seen["reads"] += bool(deployments)
             await asyncio.sleep(0.5)
 
 
