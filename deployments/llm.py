@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psutil
 from ray import serve
 
 from deployments import memory, metrics, reaper
@@ -175,6 +176,11 @@ class LLMDeployment:
     async def __init__(self, config: LLMConfig, load_turn: int | None = 0):
         import torch
 
+        # Where this replica's start went, in seconds (`info`: start_phases_s): the process until
+        # this constructor ran (Ray's worker, this module's imports), waiting for its turn, vLLM's
+        # import, the engine (its core process, weights, KV cache), the warm-up answer.
+        self.start_phases = {"process": round(time.time() - psutil.Process().create_time(), 2)}
+        self._lap_at = time.monotonic()
         self.config = config
         # First, so that no way this process can end leaves its engine running (reaper.py).
         self._reaper = reaper.watch_me()
@@ -196,6 +202,7 @@ class LLMDeployment:
         import torch
 
         started = time.monotonic()
+        self._lap("waiting")
         if not has_cuda:
             use_cpu_engine_env(config.engine_threads or max(1, int(self.resources["CPU"])))
         # vLLM re-applies a logging dictConfig while building its engine, which closes every
@@ -203,6 +210,8 @@ class LLMDeployment:
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
         from vllm.v1.engine.async_llm import AsyncLLM
         from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+
+        self._lap("vllm_import")
 
         dtype = engine_dtype(config.dtype, has_cuda, torch.cpu._is_avx512_bf16_supported())
         self.memory = preflight(config, folder, dtype, self.resources["GPU"] if has_cuda else None)
@@ -212,6 +221,7 @@ class LLMDeployment:
         self.scheduler: dict = {}
         self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[
             RayPrometheusStatLogger, keeping_scheduler_stats(self.scheduler)])
+        self._lap("engine")
         self.tokenizer = self.engine.tokenizer
         self.heartbeat = Heartbeat(self.engine, config.name, config.model_id)
         self.dtype = str(self.engine.model_config.dtype).removeprefix("torch.")
@@ -220,6 +230,7 @@ class LLMDeployment:
         warmup = GenerationRequest(request_id=f"warmup-{os.getpid()}", prompt="Hello",
                                    sampling=Sampling(max_tokens=2, temperature=0), samples=2)
         await self.generate(warmup)
+        self._lap("warmup")
         self.load_seconds = time.monotonic() - started
         self.started_at = time.time()
         metrics.observe("graphserve_model_load_seconds", self.load_seconds, model=config.model_id)
@@ -227,6 +238,11 @@ class LLMDeployment:
                  "memory estimate %.2f GiB of %.2f GiB available", config.name, config.model_id,
                  folder, self.load_seconds, self.memory["weights_bytes_read"] / 1e9, self.dtype,
                  self.memory["estimate_gib"], self.memory["available_gib"])
+
+    def _lap(self, phase: str) -> None:
+        """`start_phases[phase]`: the seconds since the previous phase ended."""
+        now = time.monotonic()
+        self.start_phases[phase], self._lap_at = round(now - self._lap_at, 2), now
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -381,6 +397,7 @@ class LLMDeployment:
             "max_model_len": self.config.max_model_len,
             "resources": self.resources,
             "load_seconds": round(self.load_seconds, 2),
+            "start_phases_s": self.start_phases,
             "weights_bytes_read": self.memory["weights_bytes_read"],
             "memory_estimate_gib": self.memory["estimate_gib"],
             "uptime_seconds": round(time.time() - self.started_at, 1),

@@ -304,6 +304,13 @@ def test_health_reports_each_deployment(http):
         assert d["role"] == "llm" and d["status"] == "ok" and d["model"] == CHAT
         # The dtype rule, not this machine's answer: bf16 only where the CPU has it natively.
         assert d["load_seconds"] > 0 and d["uptime_seconds"] > 0 and d["dtype"] == expected_dtype
+        # Where the start went: every phase, and the load's phases add up to load_seconds.
+        phases = d["start_phases_s"]
+        print(f"{tier} start phases (s): {phases}, load_seconds {d['load_seconds']}")
+        assert list(phases) == ["process", "waiting", "vllm_import", "engine", "warmup"], phases
+        assert min(phases.values()) >= 0 and phases["engine"] > 0, phases
+        loading = phases["vllm_import"] + phases["engine"] + phases["warmup"]
+        assert abs(loading - d["load_seconds"]) < 0.1, (phases, d["load_seconds"])
         assert d["resources"] == {"CPU": 0.75, "GPU": 0.0}  # what Ray gave it (serve_config.yaml)
         # Its calibration says what it was fitted for, and whether that is what the tier serves.
         fitted = d["calibration"]
