@@ -134,16 +134,26 @@ class SentenceEncoder:
         self.model.to(getattr(torch, self.dtype))
         self.onnx_file = self.session = None
         if self.backend == "onnx":
-            import onnxruntime
-
-            self.onnx_file = onnx_file(self.model, folder)
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's own choice
-            options.inter_op_num_threads = 1
-            self.session = onnxruntime.InferenceSession(str(self.onnx_file), options,
-                                                        providers=["CPUExecutionProvider"])
-            self.onnx_inputs = [i.name for i in self.session.get_inputs()]
+            try:
+                self._start_onnx(folder, threads)
+            except Exception as e:  # a model the export does not know (not a Transformer first)
+                if backend != "auto":
+                    raise
+                log.warning("no ONNX model for %s (%s: %s); torch instead", folder,
+                            type(e).__name__, e)
+                self.backend, self.onnx_file, self.session = "torch", None, None
         self.dimensions = int(self.encode(["warm-up"])[0].shape[1])
+
+    def _start_onnx(self, folder: Path, threads: int | None) -> None:
+        import onnxruntime
+
+        self.onnx_file = onnx_file(self.model, folder)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's own choice
+        options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(str(self.onnx_file), options,
+                                                    providers=["CPUExecutionProvider"])
+        self.onnx_inputs = [i.name for i in self.session.get_inputs()]
 
     def encode(self, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """One row per text (float32 whatever the model's dtype) and each text's token count;

