@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from ray import serve
 
-from benchmarks.embeddings_peer import measure
+from benchmarks.embeddings_peer import measure, scenario_table
 from benchmarks.peers import GraphServer, graph_args
 from deployments import api
 from deployments.config import GraphConfig
@@ -72,12 +72,8 @@ def main() -> None:
             print(json.dumps(results["runs"][-1]), flush=True)
     finally:
         server.stop()
-    lines = ["| path | scenario | sentences/s | p50 ms | p95 ms | failed |", "|---|---|---|---|---|---|"]
-    for run in results["runs"]:
-        for name, r in run.items():
-            if name != "path":
-                lines.append(f"| {run['path']} | {name} | {r['sentences_per_s']} | {r['p50_ms']} | "
-                             f"{r['p95_ms']} | {r['failed']} of {r['requests']} |")
+    lines = scenario_table("path", [(run["path"], {k: v for k, v in run.items() if k != "path"})
+                                    for run in results["runs"]])
     (args.out / "embeddings_one_hop.json").write_text(json.dumps(results, indent=2))
     (args.out / "embeddings_one_hop.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -66,12 +66,19 @@ def in_process(config: EmbedderConfig, seconds: float = 5.0) -> dict:
     return out
 
 
-def markdown(results: dict) -> str:
-    lines = ["| server | scenario | sentences/s | p50 ms | p95 ms | failed |", "|---|---|---|---|---|---|"]
-    for server, scenarios in results["servers"].items():
+def scenario_table(first: str, runs: list[tuple[str, dict]]) -> list[str]:
+    """One row per scenario of each run (`measure`'s results), every request's status counted."""
+    lines = [f"| {first} | scenario | sentences/s | p50 ms | p95 ms | failed |",
+             "|---|---|---|---|---|---|"]
+    for label, scenarios in runs:
         for name, r in scenarios.items():
-            lines.append(f"| {server} | {name} | {r['sentences_per_s']} | {r['p50_ms']} | "
+            lines.append(f"| {label} | {name} | {r['sentences_per_s']} | {r['p50_ms']} | "
                          f"{r['p95_ms']} | {r['failed']} of {r['requests']} |")
+    return lines
+
+
+def markdown(results: dict) -> str:
+    lines = scenario_table("server", list(results["servers"].items()))
     lines += ["", "| ratio (graph / Infinity unless named) | value |", "|---|---|"]
     for name, value in results["ratios"].items():
         lines.append(f"| {name} | {value} |")

@@ -179,12 +179,12 @@ class GraphServer(Server):
         config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
         config["http_options"]["port"] = self.port
         config["logging_config"] = {**config.get("logging_config", {}), **self.logging_config}
-        args = config["applications"][0]["args"]
+        graph = config["applications"][0]
+        args = graph["args"]
         args["embedder"] = {**args.get("embedder", {}), **self.embedder}
         if not self.canary:
             router = args.setdefault("router", {})
             router.setdefault("canary", {})["interval_s"] = 0
-        graph = config["applications"][0]
         config["applications"] += [{"runtime_env": graph["runtime_env"], "args": args, **extra}
                                    for extra in self.applications]
         self.config_file = Path(tempfile.mkdtemp()) / "serve_config.yaml"

@@ -421,13 +421,10 @@ class LLMDeployment:
             metrics.inc("graphserve_health_check_failures", reason="engine_dead")
             raise
         silent, frozen = self.heartbeat.silent_seconds(), self.heartbeat.frozen_seconds()
-        if frozen > self.config.frozen_timeout_s:
+        if silent > self.config.stall_timeout_s or frozen > self.config.frozen_timeout_s:
             metrics.inc("graphserve_health_check_failures", reason="stalled")
-            raise RuntimeError(f"engine stalled: its core has not answered for {silent:.0f} s "
-                               f"and its processes used no CPU for {frozen:.0f} s")
-        if silent > self.config.stall_timeout_s:
-            metrics.inc("graphserve_health_check_failures", reason="stalled")
-            raise RuntimeError(f"engine stalled: its core has not answered for {silent:.0f} s "
+            raise RuntimeError(f"engine stalled: its core has not answered for {silent:.0f} s, its "
+                               f"processes used no CPU for {frozen:.0f} s "
                                f"({self.running_requests()} requests waiting)")
 
     def __del__(self):
