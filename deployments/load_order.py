@@ -30,7 +30,9 @@ async def loading_in_turn(turn: int, app: str):
                     await asyncio.to_thread(fcntl.flock, held, fcntl.LOCK_SH)
         yield
     finally:
-        mine.close()  # releases the lock
+        # Unlocked explicitly: an engine core forked meanwhile holds a copy of this file.
+        fcntl.flock(mine, fcntl.LOCK_UN)
+        mine.close()
 
 
 @contextlib.asynccontextmanager

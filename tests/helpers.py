@@ -56,6 +56,16 @@ def vllm_processes() -> list[psutil.Process]:
     return [p for p in psutil.process_iter() if title(p).startswith("VLLM::")]
 
 
+def engine_core(tier: str, app: str = "graphserve") -> psutil.Process:
+    """The vLLM engine-core process of the one replica of `tier`."""
+    replicas = [p for p in psutil.process_iter()
+                if title(p).startswith(f"ray::ServeReplica:{app}:{tier}")]
+    assert len(replicas) == 1, [title(p) for p in replicas]
+    cores = [p for p in replicas[0].children(recursive=True) if "EngineCore" in title(p)]
+    assert len(cores) == 1, [title(p) for p in replicas[0].children(recursive=True)]
+    return cores[0]
+
+
 def orphaned_engines() -> list[str]:
     """vLLM processes with no Serve replica above them: an engine that outlived its replica."""
     orphans = []

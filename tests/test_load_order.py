@@ -50,3 +50,24 @@ def test_engines_sharing_a_gpu_load_one_at_a_time_and_other_gpus_do_not_wait():
     asyncio.run(scenario())
     assert order.index("end a") < order.index("start b")
     assert order.index("end other") < order.index("end a")  # another GPU: at once
+
+
+def test_a_turn_ends_when_its_loader_does_even_with_a_forked_child_alive():
+    """An engine core forked while its turn is held keeps a copy of the lock's file: the turn
+    must still end when the loader leaves it, not when the child exits."""
+    import multiprocessing
+    import time
+
+    app = f"test-{uuid.uuid4().hex[:8]}"
+
+    async def scenario():
+        async with loading_in_turn(0, app):
+            child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,))
+            child.start()
+        try:
+            async with loading_in_turn(1, app):
+                return "next turn"
+        finally:
+            child.kill()
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 5)) == "next turn"

@@ -9,7 +9,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.helpers import wait_until
+from tests.helpers import engine_core, wait_until
 from tests.support.engine import LONG, engine_running
 
 CHAT = "smollm2-135m-instruct"
@@ -312,6 +312,10 @@ def test_health_reports_each_deployment(http):
         loading = phases["vllm_import"] + phases["engine"] + phases["warmup"]
         assert abs(loading - d["load_seconds"]) < 0.1, (phases, d["load_seconds"])
         assert d["resources"] == {"CPU": 0.75, "GPU": 0.0}  # what Ray gave it (serve_config.yaml)
+        # Its engine core is a fork of the replica (tiers[].engine_core_start), not a fresh
+        # interpreter importing vLLM again: a spawned core is exec'd with the engine environment
+        # the replica set while loading, a forked one keeps the environment its replica began with.
+        assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in engine_core(tier).environ()
         # Its calibration says what it was fitted for, and whether that is what the tier serves.
         fitted = d["calibration"]
         dtypes = [fitted["dtype"]] if isinstance(fitted["dtype"], str) else fitted["dtype"]

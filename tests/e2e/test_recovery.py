@@ -21,7 +21,15 @@ from ray import serve
 
 from deployments.config import GraphConfig
 from tests.e2e.conftest import BASE, BROKEN, variant
-from tests.helpers import config_args, ended, orphaned_engines, replica_actors, title, wait_until
+from tests.helpers import (
+    config_args,
+    ended,
+    engine_core,
+    orphaned_engines,
+    replica_actors,
+    title,
+    wait_until,
+)
 
 CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
@@ -43,16 +51,6 @@ def one_replica_each(base_url):
     wait_until(lambda: all(len(replica_actors(APP, d)) == 1
                            for d in ("router", "embedder", "fast", "careful")),
                240, "one replica of each deployment")
-
-
-def engine_core(tier: str, app: str = APP) -> psutil.Process:
-    """The vLLM engine-core process of the one replica of `tier`."""
-    replicas = [p for p in psutil.process_iter()
-                if title(p).startswith(f"ray::ServeReplica:{app}:{tier}")]
-    assert len(replicas) == 1, [title(p) for p in replicas]
-    cores = [p for p in replicas[0].children(recursive=True) if "EngineCore" in title(p)]
-    assert len(cores) == 1, [title(p) for p in replicas[0].children(recursive=True)]
-    return cores[0]
 
 
 def engine_core_loaded(tier: str) -> psutil.Process:
