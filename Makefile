@@ -119,7 +119,7 @@ bench-overhead: setup
 bench-startup: setup
 	$(PY) -m benchmarks.startup
 
-# Cold start and recovery from losing every replica, for each tier_load_order (~15 min).
+# Time to serve: cold start against vllm serve, where a replica's start goes, recovery from losing every replica, engine core forked and spawned (~12 min).
 bench-recovery: setup
 	$(PY) -m benchmarks.recovery
 

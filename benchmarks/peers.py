@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,17 @@ def wait_http(url: str, deadline_s: float, proc: subprocess.Popen) -> float:
     raise TimeoutError(f"{url} not ready after {deadline_s:.0f} s")
 
 
+def wait_port_free(port: int, deadline_s: float) -> None:
+    """Returns once nothing accepts connections on 127.0.0.1:`port`; fails past the deadline."""
+    started = time.monotonic()
+    while time.monotonic() - started < deadline_s:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) != 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"port {port} still in use after {deadline_s:.0f} s")
+
+
 class Server:
     """A server in its own process group, so stopping it stops its children (engines, Ray)."""
 
@@ -78,13 +90,20 @@ class Server:
     def command(self) -> tuple[list[str], dict]:
         raise NotImplementedError
 
-    def start(self, deadline_s: float = 600) -> float:
+    def launch(self) -> None:
+        """Starts the server's process once its port is free (a server stopped just before may
+        still hold it for a few seconds, and would answer for this one); `launched_at` is when."""
+        wait_port_free(self.port, 60)
         cmd, env = self.command()
-        started = self.launched_at = time.monotonic()
+        self.launched_at = time.monotonic()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start(self, deadline_s: float = 600) -> float:
+        """Launches the server and waits for its `ready_path`; the seconds that took."""
+        self.launch()
         wait_http(self.base + self.ready_path, deadline_s, self.proc)
-        self.cold_start_s = time.monotonic() - started
+        self.cold_start_s = time.monotonic() - self.launched_at
         return self.cold_start_s
 
     def stop(self) -> None:
@@ -164,14 +183,16 @@ class GraphServer(Server):
 
     def __init__(self, port: int, log_dir: Path, env: dict[str, str] | None = None,
                  logging_config: dict | None = None, name: str = "graph", canary: bool = True,
-                 embedder: dict | None = None, applications: list[dict] | None = None):
+                 embedder: dict | None = None, applications: list[dict] | None = None,
+                 tiers: dict | None = None):
         """`env`: extra environment of `serve run` and the Ray it starts (Serve's fast paths);
         `logging_config`: keys replaced in the config's `logging_config`; `canary`: False turns
         the quality canary off (its rounds are background load, not the request path);
         `embedder`: keys replaced in the config's `embedder` (e.g. {"threads": 2});
-        `applications`: more Serve applications beside the graph, given the graph's args."""
+        `applications`: more Serve applications beside the graph, given the graph's args;
+        `tiers`: keys replaced in every tier (e.g. {"engine_core_start": "spawn"})."""
         self.env, self.logging_config, self.name = dict(env or {}), dict(logging_config or {}), name
-        self.canary, self.embedder = canary, dict(embedder or {})
+        self.canary, self.embedder, self.tiers = canary, dict(embedder or {}), dict(tiers or {})
         self.applications = list(applications or [])
         super().__init__(port, log_dir)
 
@@ -182,6 +203,7 @@ class GraphServer(Server):
         graph = config["applications"][0]
         args = graph["args"]
         args["embedder"] = {**args.get("embedder", {}), **self.embedder}
+        args["tiers"] = [{**tier, **self.tiers} for tier in args["tiers"]]
         if not self.canary:
             router = args.setdefault("router", {})
             router.setdefault("canary", {})["interval_s"] = 0

@@ -1,10 +1,14 @@
-"""Cold start, and recovery from losing every replica at once, for each `tier_load_order`, in one
-run: `python -m benchmarks.recovery` (`make bench-recovery`, ~15 min).
+"""Time to serve: cold start against `vllm serve`, where a replica's start goes, and recovery
+from losing every replica at once: `python -m benchmarks.recovery` (`make bench-recovery`).
 
-For each order, alternating, `--repeats` times: Ray of its own (2 CPUs, as `make serve`), the
-shipped serve_config.yaml; cold start = launch to the first chat answer and to every deployment
-healthy; then, under light load (2 clients), every replica of every deployment killed at once:
-seconds until the graph answers again and until every deployment is healthy on new replicas.
+Each repeat, one after another on this host: `vllm serve` on the fast tier's weights and engine
+settings (launch to its first chat answer), then the graph once per `--variants` entry (`serve
+run` of serve_config.yaml with that change, as a user starts it): launch to the first chat
+answer and to /health ok; each LLM replica's start from /health (`start_phases_s`: Ray's worker
+and this project's imports, its turn, vLLM's import, the engine, the warm-up answer; and the
+seconds before its process existed: Ray, Serve, the controller); then, under light load (2
+clients), every replica of every deployment killed at once: seconds until the graph answers
+again and until every deployment is healthy on new replicas, with the new replicas' phases.
 Writes benchmarks/results/recovery.{json,md}.
 """
 
@@ -13,19 +17,29 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import httpx
-import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks.overhead import first_answer
+from benchmarks.peers import GraphServer, VLLMServer
+from benchmarks.report import write_results
+
+RESULTS = Path(__file__).resolve().parent / "results"
 APP = "graphserve"
-DEPLOYMENTS = ("router", "embedder", "fast", "careful")
+TIERS = ("fast", "careful")
+DEPLOYMENTS = ("router", "embedder", *TIERS)
 HI = {"model": "smollm2-135m-instruct", "max_tokens": 4, "temperature": 0,
       "messages": [{"role": "user", "content": "Hi"}]}
+# What each variant changes in every tier of serve_config.yaml.
+VARIANTS = {
+    "fork": {"engine_core_start": "fork"},  # the default
+    "spawn": {"engine_core_start": "spawn"},  # vLLM's own choice in a Ray actor
+}
+PHASES = ("process", "waiting", "vllm_import", "engine", "warmup")
 
 
 def answers(base: str) -> bool:
@@ -35,14 +49,39 @@ def answers(base: str) -> bool:
         return False
 
 
-def until(predicate, limit_s: float, interval_s: float = 0.5) -> float | None:
-    """Seconds until `predicate()` held, or None past `limit_s`."""
-    started = time.monotonic()
-    while time.monotonic() - started < limit_s:
+def health(base: str) -> dict | None:
+    """/health's body when it says ok, else None."""
+    try:
+        r = httpx.get(f"{base}/health", timeout=10)
+    except httpx.HTTPError:
+        return None
+    return r.json() if r.status_code == 200 and r.json().get("status") == "ok" else None
+
+
+def until(predicate, limit_s: float, since: float, interval_s: float = 0.25) -> float | None:
+    """Seconds from `since` (monotonic) until `predicate()` held, or None past `limit_s`."""
+    while time.monotonic() - since < limit_s:
         if predicate():
-            return round(time.monotonic() - started, 1)
+            return round(time.monotonic() - since, 1)
         time.sleep(interval_s)
     return None
+
+
+def replica_starts(body: dict | None, since_wall: float) -> dict[str, dict]:
+    """Each LLM tier's start from a /health body: its phases, and the seconds from `since_wall`
+    until its process existed (the body's uptime and phases, read back from now); none from a
+    graph that never became healthy."""
+    now = time.time()
+    starts: dict[str, dict] = {}
+    if body is None:
+        return starts
+    for tier in TIERS:
+        d = body["deployments"][tier]
+        phases = {k: d["start_phases_s"][k] for k in PHASES}
+        created = now - d["uptime_seconds"] - sum(phases.values())
+        starts[tier] = {"before_process": round(created - since_wall, 1), **phases,
+                        "ready": round(created - since_wall + sum(phases.values()), 1)}
+    return starts
 
 
 def replica_names() -> dict[str, list[str]]:
@@ -57,14 +96,8 @@ def replica_names() -> dict[str, list[str]]:
     return names
 
 
-SERVE_NAMESPACE = "serve"
-
-
-def healthy_on_new_replicas(old: dict[str, list[str]]) -> bool:
-    from ray import serve
-
-    deployments = serve.status().applications[APP].deployments
-    if any(deployments[d].status.value != "HEALTHY" for d in DEPLOYMENTS):
+def healthy_on_new_replicas(base: str, old: dict[str, list[str]]) -> bool:
+    if health(base) is None:
         return False
     now = replica_names()
     return all(now[d] and not set(now[d]) & set(old[d]) for d in DEPLOYMENTS)
@@ -82,43 +115,54 @@ def light_load(base: str, stop: threading.Event, codes: list[int]) -> None:
                 time.sleep(0.5)
 
 
-def one_run(order: str, port: int) -> dict:
-    import ray
-    from ray import serve
-
-    import graph
-
-    base = f"http://127.0.0.1:{port}"
-    args = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
-    args["tier_load_order"] = order
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
-    out: dict = {"order": order}
+def vllm_serve_run(port: int, log_dir: Path) -> dict:
+    server = VLLMServer(port, log_dir)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        launched = time.monotonic()
+        health_s = server.start()
+        return {"variant": "vllm serve", "cold_healthy_s": round(health_s, 1),
+                "cold_first_answer_s": round(first_answer(server, HI["model"]), 1)}
+    finally:
+        server.stop()
+
+
+def graph_run(variant: str, port: int, log_dir: Path) -> dict:
+    import ray
+
+    server = GraphServer(port, log_dir, name=f"graph-{variant}", tiers=VARIANTS[variant])
+    out: dict = {"variant": variant}
+    try:
+        launched_wall = time.time()
+        server.launch()
+        launched = server.launched_at
         first: dict = {}
-        poller = threading.Thread(target=lambda: first.update(s=until(lambda: answers(base), 300)))
+        poller = threading.Thread(target=lambda: first.update(s=until(
+            lambda: answers(server.base), 300, launched)))
         poller.start()
-        serve.run(graph.app_builder(args), name=APP, route_prefix="/")  # returns once healthy
-        out["cold_healthy_s"] = round(time.monotonic() - launched, 1)
+        out["cold_healthy_s"] = until(lambda: health(server.base) is not None, 300, launched)
         poller.join()
         out["cold_first_answer_s"] = first["s"]
+        out["cold_replicas"] = replica_starts(health(server.base), launched_wall)
+        ray.init(address="auto", log_to_driver=False)  # the Ray `serve run` started
         time.sleep(10)
         stop, codes = threading.Event(), []
-        load = [threading.Thread(target=light_load, args=(base, stop, codes)) for _ in range(2)]
+        load = [threading.Thread(target=light_load, args=(server.base, stop, codes))
+                for _ in range(2)]
         for t in load:
             t.start()
         time.sleep(10)
         old = replica_names()
+        killed_wall, killed = time.time(), time.monotonic()
         for names in old.values():
             for name in names:
-                ray.kill(ray.get_actor(name, namespace=SERVE_NAMESPACE), no_restart=True)
-        answering = threading.Thread(target=lambda: first.update(r=until(lambda: answers(base), 300)))
+                ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+        answering = threading.Thread(target=lambda: first.update(r=until(
+            lambda: answers(server.base), 300, killed)))
         answering.start()
-        out["recovery_healthy_s"] = until(lambda: healthy_on_new_replicas(old), 300)
+        out["recovery_healthy_s"] = until(lambda: healthy_on_new_replicas(server.base, old),
+                                          300, killed)
         answering.join()
         out["recovery_answering_s"] = first["r"]
+        out["recovery_replicas"] = replica_starts(health(server.base), killed_wall)
         stop.set()
         for t in load:
             t.join()
@@ -126,40 +170,86 @@ def one_run(order: str, port: int) -> dict:
         print(out, flush=True)
         return out
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        if ray.is_initialized():
+            ray.shutdown()
+        server.stop()
+
+
+def cell(values: list) -> str:
+    """Every run ("–": not within the 300 s limit), then the median of those that finished."""
+    listed = ", ".join("–" if v is None else str(v) for v in values)
+    return f"{listed} (**{median(values)}**)" if values else "–"
+
+
+def median(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(statistics.median(values), 1) if values else None
 
 
 def markdown(runs: list[dict]) -> str:
-    keys = ("cold_first_answer_s", "cold_healthy_s", "recovery_answering_s", "recovery_healthy_s")
-    lines = ["# Cold start and recovery by `tier_load_order` (`python -m benchmarks.recovery`)", "",
-             "Seconds; each cell lists every run, then the median.", "",
-             "| order | cold start: first answer | cold start: all healthy | every replica killed: "
-             "answering | every replica killed: all healthy |", "|---|---|---|---|---|"]
-    for order in dict.fromkeys(r["order"] for r in runs):
-        mine = [r for r in runs if r["order"] == order]
-        cells = []
-        for k in keys:
-            values = [r[k] for r in mine if r.get(k) is not None]
-            median = round(statistics.median(values), 1) if values else None
-            cells.append(f"{', '.join(str(v) for v in values)} (**{median}**)")
-        lines.append(f"| {order} | " + " | ".join(cells) + " |")
+    peer = [r for r in runs if r["variant"] == "vllm serve"]
+    peer_first = median([r["cold_first_answer_s"] for r in peer])
+    variants = list(dict.fromkeys(r["variant"] for r in runs if r["variant"] != "vllm serve"))
+    lines = ["# Time to serve (`python -m benchmarks.recovery`)", "",
+             "Seconds; each cell lists every run, then the median. Ratios: medians against "
+             "`vllm serve`'s of the same run.", "",
+             "## Cold start (launch to the first chat answer)", "",
+             "| server | first answer | /health ok | first answer / vllm serve |",
+             "|---|---|---|---|",
+             f"| vllm serve | {cell([r['cold_first_answer_s'] for r in peer])} | "
+             f"{cell([r['cold_healthy_s'] for r in peer])} | 1 |"]
+    for v in variants:
+        mine = [r for r in runs if r["variant"] == v]
+        first = median([r["cold_first_answer_s"] for r in mine])
+        ratio = round(first / peer_first, 2) if first and peer_first else "–"
+        lines.append(f"| graph, `engine_core_start: {v}` | "
+                     f"{cell([r['cold_first_answer_s'] for r in mine])} | "
+                     f"{cell([r['cold_healthy_s'] for r in mine])} | {ratio} |")
+    for when, title in (("cold", "cold start, from launch"),
+                        ("recovery", "every replica killed, from the kill")):
+        lines += ["", f"## Where an LLM replica's start went ({title})", "",
+                  "Medians over the runs and both tiers. `before process`: until Ray started "
+                  "the replica's worker (Ray and Serve starting, the controller, a death "
+                  "noticed); `process`: the worker and this project's imports; `ready`: the "
+                  "replica answering its warm-up, from launch or kill.", "",
+                  "| variant | before process | process | waiting | vLLM import | engine | "
+                  "warm-up | ready |", "|---|---|---|---|---|---|---|---|"]
+        for v in variants:
+            starts = [s for r in runs if r["variant"] == v
+                      for s in r.get(f"{when}_replicas", {}).values()]
+            cells = [median([s[k] for s in starts])
+                     for k in ("before_process", *PHASES, "ready")]
+            lines.append(f"| {v} | " + " | ".join(str(c) for c in cells) + " |")
+    lines += ["", "## Every replica killed at once, under light load (2 clients)", "",
+              "| variant | answering again | all healthy on new replicas | light load's statuses |",
+              "|---|---|---|---|"]
+    for v in variants:
+        mine = [r for r in runs if r["variant"] == v]
+        statuses: dict[str, int] = {}
+        for r in mine:
+            for code, n in r.get("load_statuses", {}).items():
+                statuses[code] = statuses.get(code, 0) + n
+        lines.append(f"| {v} | {cell([r.get('recovery_answering_s') for r in mine])} | "
+                     f"{cell([r.get('recovery_healthy_s') for r in mine])} | "
+                     f"{', '.join(f'{n} × {c}' for c, n in sorted(statuses.items()))} |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--port", type=int, default=18400)
     args = parser.parse_args()
+    log_dir = Path(tempfile.mkdtemp(prefix="graphserve-recovery-"))
     runs = []
     for _ in range(args.repeats):
-        for order in ("in_turn", "side_by_side"):
-            runs.append(one_run(order, args.port))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "recovery.json").write_text(json.dumps(runs, indent=2) + "\n")
-    (RESULTS / "recovery.md").write_text(markdown(runs))
-    print(markdown(runs))
+        runs.append(vllm_serve_run(args.port, log_dir))
+        print(runs[-1], flush=True)
+        for variant in args.variants:
+            runs.append(graph_run(variant, args.port, log_dir))
+    write_results(RESULTS, "recovery", runs, markdown(runs))
+    print(f"server logs: {log_dir}")
 
 
 if __name__ == "__main__":

@@ -146,3 +146,24 @@ def test_off_topic_pairs_show_each_right_answer_under_another_question():
         for question, r in shown[pairing]:
             asked = next(s for s in rows if s["prompt"] == question)
             assert asked["id"] != r["id"] and (asked["kind"] == r["kind"]) == same
+
+
+def test_time_to_serve_reads_each_replicas_start_back_from_its_health_and_tables_it():
+    import time
+
+    from benchmarks import recovery
+
+    phases = {"process": 3.0, "waiting": 0.0, "vllm_import": 9.0, "engine": 4.0, "warmup": 2.0}
+    body = {"deployments": {tier: {"start_phases_s": phases, "uptime_seconds": 10.0}
+                            for tier in recovery.TIERS}}
+    # Launched 35 s ago, up for 10 s after 18 s of start: its process began 7 s after launch.
+    starts = recovery.replica_starts(body, since_wall=time.time() - 35)
+    assert starts["fast"]["before_process"] == 7.0 and starts["fast"]["ready"] == 25.0
+    peer = {"variant": "vllm serve", "cold_first_answer_s": 20.0, "cold_healthy_s": 19.5}
+    graph = {"variant": "fork", "cold_first_answer_s": 26.0, "cold_healthy_s": 27.0,
+             "cold_replicas": starts, "recovery_replicas": starts, "recovery_answering_s": 24.0,
+             "recovery_healthy_s": 25.0, "load_statuses": {"200": 70, "500": 2}}
+    table = recovery.markdown([peer, graph, {**graph, "cold_first_answer_s": None}])
+    assert "| graph, `engine_core_start: fork` | 26.0, – (**26.0**) | 27.0, 27.0 (**27.0**) | 1.3 |" in table
+    assert "| fork | 7.0 | 3.0 | 0.0 | 9.0 | 4.0 | 2.0 | 25.0 |" in table
+    assert "| fork | 24.0, 24.0 (**24.0**) | 25.0, 25.0 (**25.0**) | 140 × 200, 4 × 500 |" in table
