@@ -133,7 +133,8 @@ class LLMConfig(Strict):
     )
     engine_core_start: Literal["fork", "spawn"] = Field(
         "fork", description="CPU hosts: vLLM's engine core starts as a fork of the replica, "
-        "which has vLLM imported already (ready ~8 s sooner here: benchmarks/RESULTS.md), or "
+        "which has vLLM imported already (its engine starts in 4.8 s instead of 15.3 here: "
+        "benchmarks/results/recovery.md), or "
         "spawned, vLLM's choice in a Ray actor (a fresh interpreter imports vLLM again); a GPU "
         "tier always spawns (CUDA is initialized in the replica)",
     )
