@@ -15,11 +15,11 @@ Writes benchmarks/results/recovery.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -78,9 +78,10 @@ def replica_starts(body: dict | None, since_wall: float) -> dict[str, dict]:
     for tier in TIERS:
         d = body["deployments"][tier]
         phases = {k: d["start_phases_s"][k] for k in PHASES}
-        created = now - d["uptime_seconds"] - sum(phases.values())
+        ready = now - d["uptime_seconds"]  # when its warm-up was answered
+        created = ready - sum(phases.values())
         starts[tier] = {"before_process": round(created - since_wall, 1), **phases,
-                        "ready": round(created - since_wall + sum(phases.values()), 1)}
+                        "ready": round(ready - since_wall, 1)}
     return starts
 
 
@@ -225,10 +226,7 @@ def markdown(runs: list[dict]) -> str:
               "|---|---|---|---|"]
     for v in variants:
         mine = [r for r in runs if r["variant"] == v]
-        statuses: dict[str, int] = {}
-        for r in mine:
-            for code, n in r.get("load_statuses", {}).items():
-                statuses[code] = statuses.get(code, 0) + n
+        statuses = sum((Counter(r.get("load_statuses", {})) for r in mine), Counter())
         lines.append(f"| {v} | {cell([r.get('recovery_answering_s') for r in mine])} | "
                      f"{cell([r.get('recovery_healthy_s') for r in mine])} | "
                      f"{', '.join(f'{n} × {c}' for c, n in sorted(statuses.items()))} |")
