@@ -5,10 +5,14 @@ tested where Ray and vLLM cannot be installed (`make test-gpu`, tests/gpu/). On 
 "auto" is float16, as TEI serves by default: tests/gpu measured its vectors against float32 ones.
 
 On a CPU in float32 the model's transformer runs on ONNX Runtime ("auto" backend): exported once
-from the sentence-transformers model (`onnx_file`, cached like the LLM's safetensors), its output
-goes through the model's own pooling and normalisation modules. One thread, MiniLM: 2.5x torch's
-sentences/s one sentence at a time and 1.3x at 32 (`python -m benchmarks.embeddings_peer`, its
-in-process table; RESULTS.md), vectors within cosine 0.999 of torch's (tests/test_encoder.py).
+from the sentence-transformers model (`onnx_file`, cached like the LLM's safetensors), fed by the
+model's own `tokenizer.json` through the `tokenizers` library and pooled as its `1_Pooling` config
+says, in numpy (`OnnxModel`). That path imports neither sentence-transformers nor torch: importing
+them (transformers' tokenizer classes alone take ~5 CPU-s here) was most of the embedder's start,
+on the cores the LLM engines load on. A model with other modules (a Dense layer, another pooling)
+is served on torch. One thread, MiniLM: 2.5x torch's sentences/s one sentence at a time and 1.3x at
+32 (`python -m benchmarks.embeddings_peer`, its in-process table; RESULTS.md), vectors within
+cosine 0.999 of torch's and the same token counts (tests/test_encoder.py).
 sentence-transformers' own `backend="onnx"` needs optimum, which pins transformers < 4.58 (vLLM
 needs 5.x): not usable here.
 Inputs are sorted by length and cut into batches by a padded-token budget (as TEI batches).
@@ -17,6 +21,7 @@ Inputs are sorted by length and cut into batches by a padded-token budget (as TE
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -29,12 +34,15 @@ ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def pick_device(device: str) -> str:
-    """'auto': the GPU when this process has one, else the CPU."""
+    """'auto': the GPU when this process has one, else the CPU (without importing torch on a host
+    that has no GPU driver's device file: torch's import is 1.5 CPU-s here)."""
+    if device != "auto":
+        return device
+    if not any(Path(f).exists() for f in ("/dev/nvidiactl", "/dev/kfd")):
+        return "cpu"
     import torch
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def pick_dtype(dtype: str, device: str) -> str:
@@ -72,7 +80,7 @@ def token_batches(lengths: np.ndarray, max_tokens: int, max_size: int) -> list[n
     return batches
 
 
-def onnx_file(model, folder: Path) -> Path:
+def onnx_file(folder: Path) -> Path:
     """The model's transformer as ONNX, exported once per folder (its files' sizes and times name
     the cache entry) under the graph's cache; concurrent replicas wait for one export."""
     from deployments.models import cache_dir, file_lock
@@ -86,13 +94,15 @@ def onnx_file(model, folder: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(target.parent / "export.lock"):
         if not target.is_file():
-            _export(model, target)
+            _export(folder, target)
     return target
 
 
-def _export(model, target: Path) -> None:
+def _export(folder: Path, target: Path) -> None:
     import torch
+    from sentence_transformers import SentenceTransformer
 
+    model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
     sample = model.preprocess(["an example sentence", "and another"])
     names = [n for n in ONNX_INPUTS if n in sample]
     transformer = model[0].auto_model
@@ -116,77 +126,141 @@ def _export(model, target: Path) -> None:
     tmp.rename(target)
 
 
-class SentenceEncoder:
-    """L2-normalised float32 vectors and token counts for a list of strings."""
+POOLINGS = ("cls", "max", "mean", "mean_sqrt_len_tokens")  # sentence-transformers' names
 
-    def __init__(self, folder: Path, device: str = "auto", dtype: str = "auto",
-                 threads: int | None = None, backend: str = "auto", max_batch_tokens: int = 8192):
-        import torch
-        from sentence_transformers import SentenceTransformer
 
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(dtype, self.device)
-        self.backend = pick_backend(backend, self.device, self.dtype)
-        self.max_batch_tokens = max_batch_tokens
-        self.model = SentenceTransformer(str(folder), device=self.device, local_files_only=True)
-        self.model.to(getattr(torch, self.dtype))
-        self.onnx_file = self.session = None
-        if self.backend == "onnx":
-            try:
-                self._start_onnx(folder, threads)
-            except Exception as e:  # a model the export does not know (not a Transformer first)
-                if backend != "auto":
-                    raise
-                log.warning("no ONNX model for %s (%s: %s); torch instead", folder,
-                            type(e).__name__, e)
-                self.backend, self.onnx_file, self.session = "torch", None, None
-        # torch's threads: the model's on torch; on ONNX Runtime torch only pools and normalises,
-        # tiny operations whose OpenMP threads would spin at each barrier for nothing.
-        if threads or self.backend == "onnx":
-            torch.set_num_threads(threads if self.backend == "torch" else 1)
-        self.dimensions = int(self.encode(["warm-up"])[0].shape[1])
+def pooling_modes(config: dict) -> list[str]:
+    """The modes of a `1_Pooling/config.json`, in sentence-transformers' current format
+    (`pooling_mode`) or its older one (a `pooling_mode_*_tokens` flag per mode)."""
+    if "pooling_mode" in config:
+        mode = config["pooling_mode"]
+        return [mode] if isinstance(mode, str) else list(mode)
+    return [key.removeprefix("pooling_mode_").removesuffix("_token").removesuffix("_tokens")
+            .replace("mean_sqrt_len", "mean_sqrt_len_tokens")
+            for key, on in config.items() if key.startswith("pooling_mode_") and on]
 
-    def _start_onnx(self, folder: Path, threads: int | None) -> None:
+
+def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
+    """sentence-transformers' pooling of one batch's token embeddings, over the unpadded tokens."""
+    if mode == "cls":
+        return hidden[:, 0]
+    if mode == "max":
+        return np.where(mask[..., None] > 0, hidden, -1e9).max(axis=1)
+    summed = (hidden * mask[..., None]).sum(axis=1)
+    counts = np.maximum(mask.sum(axis=1, keepdims=True), 1e-9)
+    return summed / (counts if mode == "mean" else np.sqrt(counts))
+
+
+class OnnxModel:
+    """A sentence-transformers folder of Transformer, Pooling (one mode) and optionally Normalize,
+    run without sentence-transformers: ONNX Runtime, the `tokenizers` library, numpy pooling.
+    Raises ValueError for any other folder (the caller serves it on torch)."""
+
+    def __init__(self, folder: Path, threads: int | None):
         import onnxruntime
+        from tokenizers import Tokenizer
 
-        self.onnx_file = onnx_file(self.model, folder)
+        kinds = [m["type"].rsplit(".", 1)[-1] for m in json.loads((folder / "modules.json").read_text())]
+        if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
+            raise ValueError(f"modules {kinds}: only Transformer, Pooling and Normalize run on ONNX")
+        modes = pooling_modes(json.loads((folder / "1_Pooling" / "config.json").read_text()))
+        if len(modes) != 1 or modes[0] not in POOLINGS:
+            raise ValueError(f"pooling {modes}: only one of {POOLINGS} runs on ONNX")
+        self.pooling = modes[0]
+        settings = json.loads((folder / "sentence_bert_config.json").read_text())
+        self.lowercase = bool(settings.get("do_lower_case"))
+        self.max_seq_length = settings.get("max_seq_length") or json.loads(
+            (folder / "config.json").read_text())["max_position_embeddings"]
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.tokenizer.no_padding()  # padded per batch, by `forward`
+        self.tokenizer.enable_truncation(self.max_seq_length)
+        self.file = onnx_file(folder)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's own choice
         options.inter_op_num_threads = 1
         # Idle threads wait instead of spinning: on cores shared with the proxy and the router a
         # spinning thread burns the time its partner needs.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = onnxruntime.InferenceSession(str(self.onnx_file), options,
+        self.session = onnxruntime.InferenceSession(str(self.file), options,
                                                     providers=["CPUExecutionProvider"])
-        self.onnx_inputs = [i.name for i in self.session.get_inputs()]
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def tokenize(self, texts: list[str]) -> list:
+        return self.tokenizer.encode_batch([t.lower() if self.lowercase else t for t in texts])
+
+    def forward(self, encodings: list) -> np.ndarray:
+        """One batch: padded to its longest input, through the transformer, pooled."""
+        longest = max(len(e.ids) for e in encodings)
+        arrays = {n: np.zeros((len(encodings), longest), dtype=np.int64) for n in ONNX_INPUTS}
+        for row, e in enumerate(encodings):
+            for name, values in zip(ONNX_INPUTS, (e.ids, e.attention_mask, e.type_ids)):
+                arrays[name][row, :len(values)] = values
+        hidden = self.session.run(None, {n: arrays[n] for n in self.inputs})[0]
+        return pool(hidden, arrays["attention_mask"].astype(hidden.dtype), self.pooling)
+
+
+class SentenceEncoder:
+    """L2-normalised float32 vectors and token counts for a list of strings."""
+
+    def __init__(self, folder: Path, device: str = "auto", dtype: str = "auto",
+                 threads: int | None = None, backend: str = "auto", max_batch_tokens: int = 8192):
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.backend = pick_backend(backend, self.device, self.dtype)
+        self.max_batch_tokens = max_batch_tokens
+        self.model = self.onnx = None
+        if self.backend == "onnx":
+            try:
+                self.onnx = OnnxModel(folder, threads)
+            except Exception as e:  # a model the export or the ONNX path does not know
+                if backend != "auto":
+                    raise
+                log.warning("no ONNX model for %s (%s: %s); torch instead", folder,
+                            type(e).__name__, e)
+                self.backend = "torch"
+        if self.backend == "torch":
+            import torch
+            from sentence_transformers import SentenceTransformer
+
+            self.model = SentenceTransformer(str(folder), device=self.device,
+                                             local_files_only=True)
+            self.model.to(getattr(torch, self.dtype))
+            if threads:
+                torch.set_num_threads(threads)
+        self.dimensions = int(self.encode(["warm-up"])[0].shape[1])
+
+    @property
+    def onnx_file(self) -> Path | None:
+        return self.onnx.file if self.onnx else None
+
+    @property
+    def session(self):
+        return self.onnx.session if self.onnx else None
 
     def encode(self, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """One row per text (float32 whatever the model's dtype) and each text's token count;
         forward passes of at most `batch_size` texts and `max_batch_tokens` padded tokens."""
-        ids = self.model.tokenizer(texts, truncation=True,
-                                   max_length=self.model.max_seq_length)["input_ids"]
-        tokens = np.array([len(x) for x in ids])
+        if self.onnx:
+            inputs = self.onnx.tokenize(texts)  # tokenized once: counted, batched, run
+            tokens = np.array([len(e.ids) for e in inputs])
+        else:
+            inputs = texts
+            tokens = np.array([len(x) for x in self.model.tokenizer(
+                texts, truncation=True, max_length=self.model.max_seq_length)["input_ids"]])
         batches = token_batches(tokens, self.max_batch_tokens, batch_size)
-        encoded = np.concatenate([self._forward([texts[i] for i in batch]) for batch in batches])
+        encoded = np.concatenate([self._forward([inputs[i] for i in batch]) for batch in batches])
         vectors = np.empty_like(encoded)
         vectors[np.concatenate(batches)] = encoded
         release_freed_memory()
         return vectors, tokens
 
-    def _forward(self, texts: list[str]) -> np.ndarray:
-        """One batch through the model. Normalised after the cast to float32: in bfloat16 a vector
-        normalised in the model's dtype is off unit length by up to 4e-3 (tests/gpu), enough to
-        skew a client's dot products."""
-        import torch
-
-        if self.session is None:
-            vectors = self.model.encode(texts, batch_size=len(texts), convert_to_tensor=True)
+    def _forward(self, inputs: list) -> np.ndarray:
+        """One batch through the model, L2-normalised in float32: in bfloat16 a vector normalised
+        in the model's dtype is off unit length by up to 4e-3 (tests/gpu), enough to skew a
+        client's dot products."""
+        if self.onnx:
+            vectors = self.onnx.forward(inputs).astype(np.float32)
         else:
-            features = self.model.preprocess(texts)
-            hidden = self.session.run(None, {n: features[n].numpy() for n in self.onnx_inputs})[0]
-            features["token_embeddings"] = torch.from_numpy(hidden)
-            with torch.inference_mode():
-                for module in list(self.model)[1:]:  # the model's pooling (and dense) modules
-                    features = module(features)
-            vectors = features["sentence_embedding"]
-        return torch.nn.functional.normalize(vectors.float(), dim=-1).cpu().numpy()
+            vectors = self.model.encode(inputs, batch_size=len(inputs), convert_to_tensor=True)
+            vectors = vectors.float().cpu().numpy()
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
