@@ -238,6 +238,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--port", type=int, default=18400)
+    parser.add_argument("--name", default="recovery", help="results file name")
     args = parser.parse_args()
     log_dir = Path(tempfile.mkdtemp(prefix="graphserve-recovery-"))
     runs = []
@@ -246,7 +247,7 @@ def main() -> None:
         print(runs[-1], flush=True)
         for variant in args.variants:
             runs.append(graph_run(variant, args.port, log_dir))
-    write_results(RESULTS, "recovery", runs, markdown(runs))
+    write_results(RESULTS, args.name, runs, markdown(runs))
     print(f"server logs: {log_dir}")
 
 
