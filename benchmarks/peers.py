@@ -184,16 +184,17 @@ class GraphServer(Server):
     def __init__(self, port: int, log_dir: Path, env: dict[str, str] | None = None,
                  logging_config: dict | None = None, name: str = "graph", canary: bool = True,
                  embedder: dict | None = None, applications: list[dict] | None = None,
-                 tiers: dict | None = None):
+                 tiers: dict | None = None, args: dict | None = None):
         """`env`: extra environment of `serve run` and the Ray it starts (Serve's fast paths);
         `logging_config`: keys replaced in the config's `logging_config`; `canary`: False turns
         the quality canary off (its rounds are background load, not the request path);
         `embedder`: keys replaced in the config's `embedder` (e.g. {"threads": 2});
         `applications`: more Serve applications beside the graph, given the graph's args;
-        `tiers`: keys replaced in every tier (e.g. {"engine_core_start": "spawn"})."""
+        `tiers`: keys replaced in every tier (e.g. {"engine_core_start": "spawn"}); `args`: keys
+        replaced in the graph's args (e.g. {"tier_load_order": "in_turn"})."""
         self.env, self.logging_config, self.name = dict(env or {}), dict(logging_config or {}), name
         self.canary, self.embedder, self.tiers = canary, dict(embedder or {}), dict(tiers or {})
-        self.applications = list(applications or [])
+        self.applications, self.args = list(applications or []), dict(args or {})
         super().__init__(port, log_dir)
 
     def command(self):
@@ -202,6 +203,7 @@ class GraphServer(Server):
         config["logging_config"] = {**config.get("logging_config", {}), **self.logging_config}
         graph = config["applications"][0]
         args = graph["args"]
+        args.update(self.args)
         args["embedder"] = {**args.get("embedder", {}), **self.embedder}
         args["tiers"] = [{**tier, **self.tiers} for tier in args["tiers"]]
         if not self.canary:
