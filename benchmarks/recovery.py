@@ -9,7 +9,7 @@ and this project's imports, its turn, vLLM's import, the engine, the warm-up ans
 seconds before its process existed: Ray, Serve, the controller); then, under light load (2
 clients), every replica of every deployment killed at once: seconds until the graph answers
 again and until every deployment is healthy on new replicas, with the new replicas' phases.
-Writes benchmarks/results/recovery.{json,md}.
+Writes benchmarks/results/recovery.{json,md} (`--name`: another file name).
 """
 
 from __future__ import annotations

@@ -134,7 +134,7 @@ class LLMConfig(Strict):
     engine_core_start: Literal["fork", "spawn"] = Field(
         "fork", description="CPU hosts: vLLM's engine core starts as a fork of the replica, "
         "which has vLLM imported already (its engine starts in 4.8 s instead of 15.3 here: "
-        "benchmarks/results/recovery.md), or "
+        "benchmarks/results/recovery_session17.md), or "
         "spawned, vLLM's choice in a Ray actor (a fresh interpreter imports vLLM again); a GPU "
         "tier always spawns (CUDA is initialized in the replica)",
     )
@@ -348,8 +348,8 @@ class GraphConfig(Strict):
     )
     tier_load_order: Literal["in_turn", "side_by_side"] = Field(
         "side_by_side", description="CPU hosts: the tiers' engines load all at once, or one after "
-        "another (in_turn: the first tier may answer a few seconds sooner, the graph is whole much "
-        "later: benchmarks/results/recovery.md); on a GPU each loads at once on its own share"
+        "another (in_turn: the first tier answers 4-6 s sooner, the graph is whole 9-12 s later: "
+        "benchmarks/results/recovery.md); on a GPU each loads at once on its own share"
     )
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
