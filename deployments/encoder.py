@@ -172,6 +172,7 @@ class OnnxModel:
         self.max_seq_length = settings.get("max_seq_length") or json.loads(
             (folder / "config.json").read_text())["max_position_embeddings"]
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.pad_id = (self.tokenizer.padding or {}).get("pad_id", 0)  # the folder's own
         self.tokenizer.no_padding()  # padded per batch, by `forward`
         self.tokenizer.enable_truncation(self.max_seq_length)
         self.file = onnx_file(folder)
@@ -192,6 +193,7 @@ class OnnxModel:
         """One batch: padded to its longest input, through the transformer, pooled."""
         longest = max(len(e.ids) for e in encodings)
         arrays = {n: np.zeros((len(encodings), longest), dtype=np.int64) for n in ONNX_INPUTS}
+        arrays["input_ids"][:] = self.pad_id  # masked out, but a model may derive positions from it
         for row, e in enumerate(encodings):
             for name, values in zip(ONNX_INPUTS, (e.ids, e.attention_mask, e.type_ids)):
                 arrays[name][row, :len(values)] = values
