@@ -119,7 +119,8 @@ bench-overhead: setup
 bench-startup: setup
 	$(PY) -m benchmarks.startup
 
-# Time to serve: cold start against vllm serve, where a replica's start goes, recovery from losing every replica, engine core forked and spawned (~12 min).
+# Time to serve: cold start against vllm serve, where a replica's start goes, recovery from losing
+# every replica; engine core forked and spawned, tiers side by side and in turn (~20 min).
 bench-recovery: setup
 	$(PY) -m benchmarks.recovery
 
