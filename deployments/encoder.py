@@ -127,6 +127,13 @@ def _export(folder: Path, target: Path) -> None:
 
 
 POOLINGS = ("cls", "max", "mean", "mean_sqrt_len_tokens")  # sentence-transformers' names
+# Its older config format: one flag per mode (sentence-transformers' own table, which lives in a
+# module this path does not import).
+LEGACY_POOLINGS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
+                   "pooling_mode_mean_tokens": "mean",
+                   "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                   "pooling_mode_weightedmean_tokens": "weightedmean",
+                   "pooling_mode_lasttoken": "lasttoken"}
 
 
 def pooling_modes(config: dict) -> list[str]:
@@ -135,9 +142,7 @@ def pooling_modes(config: dict) -> list[str]:
     if "pooling_mode" in config:
         mode = config["pooling_mode"]
         return [mode] if isinstance(mode, str) else list(mode)
-    return [key.removeprefix("pooling_mode_").removesuffix("_token").removesuffix("_tokens")
-            .replace("mean_sqrt_len", "mean_sqrt_len_tokens")
-            for key, on in config.items() if key.startswith("pooling_mode_") and on]
+    return [mode for key, mode in LEGACY_POOLINGS.items() if config.get(key)]
 
 
 def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
@@ -261,7 +266,7 @@ class SentenceEncoder:
         in the model's dtype is off unit length by up to 4e-3 (tests/gpu), enough to skew a
         client's dot products."""
         if self.onnx:
-            vectors = self.onnx.forward(inputs).astype(np.float32)
+            vectors = self.onnx.forward(inputs).astype(np.float32, copy=False)
         else:
             vectors = self.model.encode(inputs, batch_size=len(inputs), convert_to_tensor=True)
             vectors = vectors.float().cpu().numpy()

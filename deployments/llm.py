@@ -131,10 +131,11 @@ def engine_core_forked():
     """While held, vLLM starts its engine core by fork rather than spawn.
 
     vLLM spawns the core in a Ray actor and on a CPU: a fresh interpreter that imports vLLM again
-    (the engine's start: 15.3 s spawned, 4.8 s forked, benchmarks/results/recovery_session17.md), for two
-    dangers. A child forked from a Ray actor that calls into Ray hangs: the core of a UniProc
-    engine (every CPU tier) never does. OpenMP threads started before a fork do not exist in the
-    child: a replica runs no torch op before its engine starts. Forked, the core starts with vLLM imported and its pages shared.
+    (the engine's start: 15.3 s spawned, 4.8 s forked, benchmarks/results/recovery_session17.md),
+    for two dangers. A child forked from a Ray actor that calls into Ray hangs: the core of a
+    UniProc engine (every CPU tier) never does. OpenMP threads started before a fork do not exist
+    in the child: a replica runs no torch op before its engine starts. Forked, the core starts
+    with vLLM imported and its pages shared.
     The core titles itself VLLM::EngineCore (what the heartbeat, the reaper's readers and `ps`
     go by) with the setproctitle package, which cannot find its arguments in a Ray worker (Ray
     moved them to set its own titles): the fork inherits Ray's setter in its place.

@@ -135,12 +135,14 @@ def test_pooling_configs_in_either_format_name_their_modes():
     assert pooling_modes({"pooling_mode_cls_token": True}) == ["cls"]
     assert pooling_modes({"pooling_mode_max_tokens": True}) == ["max"]
     assert pooling_modes({"pooling_mode_mean_sqrt_len_tokens": True}) == ["mean_sqrt_len_tokens"]
+    assert pooling_modes({"pooling_mode_weightedmean_tokens": True}) == ["weightedmean"]
     assert pooling_modes({"pooling_mode": "lasttoken"}) == ["lasttoken"]
     assert pooling_modes({"pooling_mode": ["cls", "mean"]}) == ["cls", "mean"]
 
 
-def test_a_folder_with_modules_the_onnx_path_does_not_run_is_served_on_torch(tmp_path):
-    """A Dense layer after the pooling: `auto` serves it on torch, `onnx` refuses it."""
+def test_a_folder_with_modules_the_onnx_path_does_not_run_is_refused_by_it(tmp_path):
+    """A Dense layer after the pooling: the ONNX path refuses the folder (under `auto` the
+    encoder then serves it on torch: the fallback test above)."""
     import shutil
 
     folder = tmp_path / "model"
