@@ -17,6 +17,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 # to every recipe: `ray start`, `serve run`, the tests' own Ray, the benchmarks.
 include cluster/serve.env
 export $(shell sed -n 's/^\([A-Z_]*\)=.*/\1/p' cluster/serve.env)
+RAY_SERVE_HAPROXY_BINARY_PATH := $(abspath $(RAY_SERVE_HAPROXY_BINARY_PATH))
 
 .PHONY: setup ray-up serve deploy observe stop test test-long test-unit test-e2e test-cluster test-gpu bench-gpu bench-startup bench-recovery bench bench-overhead soak calibrate image gpu-lock bench-embeddings clean
 

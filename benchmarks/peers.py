@@ -215,8 +215,10 @@ class GraphServer(Server):
         self.config_file.write_text(yaml.safe_dump(config))
         # `serve run` starts its own local Ray: run the benchmark with no other Ray on the host
         # (`make stop` first), or `serve run` would join that one.
+        # cluster/haproxy: the HAProxy cluster/serve.env names, used if `env` opts in to it.
         return [str(VENV_BIN / "serve"), "run", str(self.config_file)], {
-            "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", **self.env}
+            "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
+            "RAY_SERVE_HAPROXY_BINARY_PATH": str(ROOT / "cluster" / "haproxy"), **self.env}
 
     def stop(self) -> None:
         super().stop()  # `serve run` shuts down the Ray it started; its process group goes too

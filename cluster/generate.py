@@ -190,11 +190,17 @@ def gpu_profile() -> dict:
     return yaml.safe_load(GPU_PROFILE.read_text())
 
 
-def serve_env() -> dict[str, str]:
-    """Ray Serve's data path (cluster/serve.env), the same on every node as in `make serve`."""
+IMAGE_ROOT = "/home/ray/graphserve"  # the repo in the image (Dockerfile's WORKDIR) and on `ray up` nodes
+
+
+def serve_env(root: str | Path = IMAGE_ROOT) -> dict[str, str]:
+    """Ray Serve's data path (cluster/serve.env), the same on every node as in `make serve`; the
+    HAProxy binary's path, given from the repo's root there, made absolute under `root`."""
     pairs = (line.split("=", 1) for line in (HERE / "serve.env").read_text().splitlines()
              if line.strip() and not line.lstrip().startswith("#"))
-    return {k.strip(): v.strip() for k, v in pairs}
+    env = {k.strip(): v.strip() for k, v in pairs}
+    env["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(Path(root) / env["RAY_SERVE_HAPROXY_BINARY_PATH"])
+    return env
 
 
 # Serve packs replicas (largest GPU share first, onto the fullest node that fits) instead of

