@@ -10,6 +10,7 @@ Engine settings for all LLM peers come from the graph's own `fast` tier config, 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -215,15 +216,24 @@ class GraphServer(Server):
         self.config_file.write_text(yaml.safe_dump(config))
         # `serve run` starts its own local Ray: run the benchmark with no other Ray on the host
         # (`make stop` first), or `serve run` would join that one.
-        # cluster/haproxy: the HAProxy cluster/serve.env names, used if `env` opts in to it.
+        # The shipped data path (cluster/serve.env) unless this environment or `env` says otherwise.
+        shipped = {k: os.environ.get(k, v) for k, v in serve_env().items()}
         return [str(VENV_BIN / "serve"), "run", str(self.config_file)], {
-            "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
-            "RAY_SERVE_HAPROXY_BINARY_PATH": str(ROOT / "cluster" / "haproxy"), **self.env}
+            "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", **shipped, **self.env}
 
     def stop(self) -> None:
         super().stop()  # `serve run` shuts down the Ray it started; its process group goes too
         stop_orphaned_haproxy()
         shutil.rmtree(self.config_file.parent, ignore_errors=True)
+
+
+def serve_env() -> dict[str, str]:
+    """Ray Serve's data path from cluster/serve.env, as cluster/generate.py parses it for the
+    manifests, with this checkout's HAProxy wrapper (the scripts of cluster/ are not a package)."""
+    spec = importlib.util.spec_from_file_location("cluster_generate", ROOT / "cluster" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.serve_env(ROOT)
 
 
 def stop_orphaned_haproxy(wait_s: float = 15) -> None:

@@ -92,10 +92,6 @@ def generator():
     return cluster_script("generate")
 
 
-def serve_env() -> dict[str, str]:
-    """Ray Serve's data path from cluster/serve.env, parsed as the cluster manifests parse it,
-    with this checkout's HAProxy wrapper."""
-    return generator().serve_env(ROOT)
 
 
 def replica_actors(app: str, deployment: str = "") -> list[dict]:

@@ -8,10 +8,9 @@ import httpx
 import openai
 import pytest
 
-from benchmarks.peers import stop_orphaned_haproxy
+from benchmarks.peers import serve_env, stop_orphaned_haproxy
 from tests.helpers import (  # noqa: F401  (e2e tests import them)
     config_args,
-    serve_env,
     vllm_processes,
     wait_until,
 )
