@@ -34,12 +34,15 @@ TIERS = ("fast", "careful")
 DEPLOYMENTS = ("router", "embedder", *TIERS)
 HI = {"model": "smollm2-135m-instruct", "max_tokens": 4, "temperature": 0,
       "messages": [{"role": "user", "content": "Hi"}]}
-# name: (keys replaced in every tier, keys replaced in the graph's args)
+# name: (keys replaced in every tier, keys replaced in the graph's args, Serve's environment)
 VARIANTS = {
-    "fork": ({"engine_core_start": "fork"}, {}),  # the default
-    "spawn": ({"engine_core_start": "spawn"}, {}),  # vLLM's own choice in a Ray actor
+    "fork": ({"engine_core_start": "fork"}, {}, {}),  # the default
+    "spawn": ({"engine_core_start": "spawn"}, {}, {}),  # vLLM's own choice in a Ray actor
     # the tiers' engines one after another, cheapest first: the first tier alone on the cores
-    "fork_in_turn": ({"engine_core_start": "fork"}, {"tier_load_order": "in_turn"}),
+    "fork_in_turn": ({"engine_core_start": "fork"}, {"tier_load_order": "in_turn"}, {}),
+    # Serve's Python proxy and Ray actor calls instead of the shipped HAProxy data path
+    "fork_serve_proxy": ({"engine_core_start": "fork"}, {},
+                         {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "RAY_SERVE_ENABLE_HA_PROXY": "0"}),
 }
 PHASES = ("process", "waiting", "vllm_import", "engine", "warmup")
 
@@ -131,8 +134,8 @@ def vllm_serve_run(port: int, log_dir: Path) -> dict:
 def graph_run(variant: str, port: int, log_dir: Path) -> dict:
     import ray
 
-    tiers, args = VARIANTS[variant]
-    server = GraphServer(port, log_dir, name=f"graph-{variant}", tiers=tiers, args=args)
+    tiers, args, env = VARIANTS[variant]
+    server = GraphServer(port, log_dir, name=f"graph-{variant}", tiers=tiers, args=args, env=env)
     out: dict = {"variant": variant}
     try:
         launched_wall = time.time()
