@@ -1,6 +1,6 @@
 """cluster/haproxy: Ray's HAProxy with splice(2) off notices a client that leaves.
 
-No Ray here: HAProxy between an httpx client and a uvicorn app, with the options of Ray Serve's
+No Ray cluster here: HAProxy between an httpx client and a uvicorn app, with the options of Ray Serve's
 generated config that matter (`option abortonclose`, `option splice-request`, `http-reuse
 always`). Each try: one request answered at once, then one whose client gives up while the app
 waits; the app records whether it saw `http.disconnect`. Through cluster/haproxy every such client
