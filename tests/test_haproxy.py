@@ -1,11 +1,11 @@
 """cluster/haproxy: Ray's HAProxy with splice(2) off notices a client that leaves.
 
-No Ray cluster here: HAProxy between an httpx client and a uvicorn app, with the options of Ray Serve's
-generated config that matter (`option abortonclose`, `option splice-request`, `http-reuse
-always`). Each try: one request answered at once, then one whose client gives up while the app
-waits; the app records whether it saw `http.disconnect`. Through cluster/haproxy every such client
-must be seen; the bundled binary started as Ray starts it is only counted (printed): HAProxy 2.8
-mostly misses them there, which is why the wrapper exists.
+No Ray cluster here: HAProxy between an httpx client and a uvicorn app, with the options of Ray
+Serve's generated config that matter (`option abortonclose`, `option splice-request`,
+`http-reuse always`). Each try: one request answered at once, then one whose client gives up
+while the app waits; the app records whether it saw `http.disconnect`. Through cluster/haproxy
+every such client must be seen; the bundled binary started as Ray starts it is only counted
+(printed): HAProxy 2.8 mostly misses them there, which is why the wrapper exists.
 """
 
 import asyncio
