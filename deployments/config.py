@@ -316,7 +316,7 @@ class RouterConfig(Strict):
     quality: QualityConfig = Field(default_factory=QualityConfig)
     canary: CanaryConfig = Field(default_factory=CanaryConfig)
     deployment: DeploymentOptions = Field(
-        # A full router is answered by Serve's proxy, without our error body: the router only
+        # A full router is answered by Serve itself, without our error body: the router only
         # parses, waits and scores, so it takes a burst whole and the graph sheds with its own
         # 429 where the real capacity is (the tiers' queues).
         default_factory=lambda: DeploymentOptions(num_cpus=0.1, max_ongoing_requests=2048,
