@@ -52,13 +52,13 @@ def app_builder(args: dict):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", default="embeddings_one_hop", help="results file stem")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    # The one-hop embedder asks Ray for no CPU (one thread, as the graph's): the graph's own
-    # embedder keeps the room it scales into, and both may scale to two replicas.
+    # The one-hop embedder asks Ray for no CPU (its encoder threads as the graph's): the graph's
+    # own embedder keeps the room it scales into, and both may scale to two replicas.
     one_hop_args = copy.deepcopy(graph_args())
     one_hop_args["embedder"]["deployment"]["num_cpus"] = 0
-    one_hop_args["embedder"]["threads"] = 1
     server = GraphServer(18300, args.out, canary=False, applications=[{
         "name": "one_hop", "route_prefix": PREFIX, "args": one_hop_args,
         "import_path": "benchmarks.embeddings_one_hop:app_builder"}])
@@ -74,8 +74,8 @@ def main() -> None:
         server.stop()
     lines = scenario_table("path", [(run["path"], {k: v for k, v in run.items() if k != "path"})
                                     for run in results["runs"]])
-    (args.out / "embeddings_one_hop.json").write_text(json.dumps(results, indent=2))
-    (args.out / "embeddings_one_hop.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=2))
+    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
