@@ -1,13 +1,16 @@
-"""Wiring only: validate the config once and bind the deployments into one application.
+"""Wiring only: validate the config once and bind the deployments into two applications.
 
-proxy -> router (HTTP + quality gate) -> LLM tiers / embedder. `serve run serve_config.yaml` /
-`serve deploy serve_config.yaml` call `app_builder(args)` with the `args` of the YAML; `graph:app`
-is the same graph with every default.
+The graph, at `/`: proxy -> router (HTTP + quality gate) -> LLM tiers, and the router's scoring
+calls -> embedder. Embeddings, at `/v1/embeddings`: proxy -> embedder, one hop (its own
+application, so the data path reaches its replicas directly). `serve run serve_config.yaml` /
+`serve deploy serve_config.yaml` call `app_builder(args)` and `embeddings_builder(args)` with the
+same `args`; `graph:app` and `graph:embeddings` are the two with every default.
 """
 
 from __future__ import annotations
 
 from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
 
 from deployments.config import GraphConfig
 from deployments.embedder import EmbedderDeployment
@@ -23,15 +26,26 @@ def build(config: GraphConfig) -> Application:
             tier, rank if in_turn else None), rank=rank)
         for rank, tier in enumerate(config.tiers)
     ]
-    embedder = Downstream(config.embedder, EmbedderDeployment.options(
-        **config.embedder.deployment.serve_options(config.embedder.name)).bind(config.embedder))
+    # The embedder lives in its own application: reached by name, not bound into this one.
+    embedder = Downstream(config.embedder,
+                          DeploymentHandle(config.embedder.name, config.embedder.app_name))
     return Router.options(
         **config.router.deployment.serve_options(config.router.name)
     ).bind(config.router, by_model(tiers), embedder)
+
+
+def build_embeddings(config: GraphConfig) -> Application:
+    return EmbedderDeployment.options(**config.embedder.serve_options()).bind(
+        config.embedder, config.router)
 
 
 def app_builder(args: dict) -> Application:
     return build(GraphConfig.model_validate(args or {}))
 
 
+def embeddings_builder(args: dict) -> Application:
+    return build_embeddings(GraphConfig.model_validate(args or {}))
+
+
 app = build(GraphConfig())
+embeddings = build_embeddings(GraphConfig())

@@ -186,8 +186,9 @@ def check_image(image: str) -> str:
 
 def gpu_profile() -> dict:
     """The production serve config; its proxy listens on all interfaces, as a pod must (the
-    Service and the KubeRay operator reach it through the pod IP)."""
-    return yaml.safe_load(GPU_PROFILE.read_text())
+    Service and the KubeRay operator reach it through the pod IP). Its two applications share
+    their args through a YAML alias; the copy here is plain (no anchors in a manifest)."""
+    return json.loads(json.dumps(yaml.safe_load(GPU_PROFILE.read_text())))
 
 
 IMAGE_ROOT = "/home/ray/graphserve"  # the repo in the image (Dockerfile's WORKDIR) and on `ray up` nodes

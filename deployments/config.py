@@ -193,9 +193,30 @@ class EmbedderConfig(Strict):
     batch_wait_timeout_s: float = Field(0.005, ge=0)
     max_inputs: int = Field(2048, ge=1, description="strings per /v1/embeddings request")
     max_input_chars: int = Field(32_768, ge=1, description="characters per input string")
+    app_name: str = Field(
+        "embeddings", description="the Serve application whose ingress this embedder is (its "
+        "`name` in serve_config.yaml, route prefix `<graph's>/v1/embeddings`); the router calls "
+        "it there for the gate's scoring"
+    )
     deployment: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(max_ongoing_requests=128, max_queued_requests=512)
     )
+
+    def http_capacity(self) -> int | None:
+        """HTTP requests one replica takes at once (running and waiting for a batch); the next is
+        answered with our 429. None: no limit (max_queued_requests -1)."""
+        queued = self.deployment.max_queued_requests
+        return None if queued < 0 else self.deployment.max_ongoing_requests + queued
+
+    def serve_options(self) -> dict[str, Any]:
+        """`Deployment.options(...)`: as an ingress the embedder answers its own overload (Serve's
+        would be plain text), so Serve admits its HTTP capacity plus `max_ongoing_requests` more
+        for the gate's scoring calls, and queues `max_queued_requests` beyond that."""
+        options = self.deployment.serve_options(self.name)
+        capacity = self.http_capacity()
+        if capacity is not None:
+            options["max_ongoing_requests"] = capacity + self.deployment.max_ongoing_requests
+        return options
 
 
 class QualityConfig(Strict):

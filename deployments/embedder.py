@@ -1,10 +1,12 @@
 """Embedder deployment: sentence-transformers behind Ray Serve's dynamic batching.
 
+It is the ingress of its own application at `/v1/embeddings` (serve_config.yaml), so a client's
+request reaches the model in one hop, with the router's auth, limits and errors (`http.py`).
 Concurrent requests are merged by `@serve.batch` into one `encode` call (one forward pass over all
 their strings), which is where the throughput comes from. `encode` runs in a worker thread so the
 replica's event loop keeps answering health checks while a large batch is encoded. The router's
-scoring calls (`embed_for_scoring`) have a batch queue of their own, so a gated answer never waits
-behind the clients' embedding traffic: its batch runs beside theirs.
+scoring calls (`embed_for_scoring`, through a handle) have a batch queue of their own, so a gated
+answer never waits behind the clients' embedding traffic: its batch runs beside theirs.
 """
 
 from __future__ import annotations
@@ -13,14 +15,19 @@ import asyncio
 import logging
 import time
 
+import os
+
 import numpy as np
+from fastapi import Request
+from fastapi.responses import Response
 from ray import serve
 
-from deployments import metrics
-from deployments.config import EmbedderConfig, assigned
+from deployments import api, metrics
+from deployments.config import EmbedderConfig, RouterConfig, assigned
 from deployments.encoder import SentenceEncoder
+from deployments.http import api_app, as_json, authorize, bounded, read_json
 from deployments.models import embedder_folder
-from deployments.protocol import BadRequest
+from deployments.protocol import BadRequest, EmbeddingRequest, ModelNotFound, Overloaded
 
 log = logging.getLogger("ray.serve")
 
@@ -39,8 +46,7 @@ def split_rows(requests: list[list[str]], vectors: np.ndarray, tokens: np.ndarra
 
 
 def check_inputs(texts: list[str], config: EmbedderConfig) -> None:
-    """The limits of one embeddings request (checked by the router before it merges requests,
-    and by the embedder for any other caller)."""
+    """The limits of one embeddings request, checked before it is merged into a batch."""
     if not texts:
         raise BadRequest("input must not be empty", param="input")
     if len(texts) > config.max_inputs:
@@ -53,10 +59,20 @@ def check_inputs(texts: list[str], config: EmbedderConfig) -> None:
         )
 
 
+ROUTE = "/v1/embeddings"
+app = api_app("graphserve embeddings", frozenset({ROUTE}), mount=ROUTE)
+
+
 @serve.deployment
+@serve.ingress(app)
 class EmbedderDeployment:
-    def __init__(self, config: EmbedderConfig):
+    def __init__(self, config: EmbedderConfig, edge: RouterConfig):
+        """`edge`: the router's HTTP settings (API key, body limit, timeout), the same here."""
         self.config = config
+        self.edge = edge
+        self.api_key = edge.api_key(os.environ)
+        self.http_limit = config.http_capacity()
+        self.http_in_flight = 0
         started = time.monotonic()
         folder = embedder_folder(config.model_source)
         # What Ray gave this replica (a serve config's `deployments:` entry may override the
@@ -76,6 +92,27 @@ class EmbedderDeployment:
         log.info("embedder %s loaded from %s on %s in %s (%s) in %.1f s (%d dims)", config.model_id,
                  folder, self.encoder.device, self.encoder.dtype, self.encoder.backend,
                  self.load_seconds, self.dimensions)
+
+    @app.post("/")  # the application's route prefix: /v1/embeddings
+    async def embeddings(self, request: Request) -> Response:
+        authorize(request, self.api_key)
+        # Ours before Serve's: Serve admits more than this (EmbedderConfig.serve_options), so a
+        # full replica answers with our 429 and its Retry-After, not Serve's plain text.
+        if self.http_limit is not None and self.http_in_flight >= self.http_limit:
+            raise Overloaded(f"the embedder is at its {self.http_limit} requests; retry shortly")
+        self.http_in_flight += 1
+        try:
+            body = await read_json(request, EmbeddingRequest, self.edge.max_body_bytes)
+            if body.model != self.config.model_id:
+                raise ModelNotFound.named(body.model, [self.config.model_id], "embedding model")
+            vectors, tokens = await bounded(self.embed(body.texts()),
+                                            self.edge.request_timeout_s, request)
+        finally:
+            self.http_in_flight -= 1
+        if body.dimensions is not None and body.dimensions != vectors.shape[1]:
+            raise BadRequest(f"this model returns {vectors.shape[1]} dimensions; "
+                             "other sizes are not supported", param="dimensions")
+        return as_json(api.embedding_list(body.model, vectors, tokens, body.encoding_format))
 
     async def embed(self, texts: list[str]) -> Embedded:
         """L2-normalised float32 vectors, one row per text, and each text's token count."""

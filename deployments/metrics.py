@@ -108,9 +108,12 @@ class RequestMetrics:
     untouched; the latency runs to the last body byte, so a stream is measured to its [DONE].
     """
 
-    def __init__(self, app, routes: frozenset[str]):
+    def __init__(self, app, routes: frozenset[str], mount: str = ""):
+        """`routes`: the paths to label by name, as a client of the graph writes them; `mount`:
+        where this application sits below the graph's prefix (the embedder: /v1/embeddings)."""
         self.app = app
         self.routes = routes
+        self.mount = mount
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -126,7 +129,8 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, record_status)
         finally:
-            path = scope["path"].removeprefix(scope.get("root_path", "")) or "/"
+            relative = scope["path"].removeprefix(scope.get("root_path", ""))
+            path = (self.mount + relative).rstrip("/") or "/"
             route = path if path in self.routes else "other"  # unknown paths: bounded labels
             inc("graphserve_requests", route=route, status=str(status))
             observe("graphserve_request_latency_seconds", time.monotonic() - started, route=route)

@@ -1,107 +1,42 @@
-"""Router: the one deployment in front of the models. The OpenAI-compatible HTTP API and the
-quality gate (`gate.py`) share its process, so a request crosses proxy -> router -> LLM tier.
+"""Router: the deployment in front of the LLM tiers. The OpenAI-compatible HTTP API and the
+quality gate (`gate.py`) share its process, so a request crosses proxy -> router -> LLM tier
+(`/v1/embeddings` goes to the embedder itself: deployments/embedder.py).
 
 Routes parse, hand the request to the gate and format its answer (`api.py`). Bodies are read with
-a size limit and validated by the models in `protocol.py`; every failure (ours, the engine's,
-Ray's) is answered through `failures.error_response`.
+a size limit and validated by the models in `protocol.py` (`http.py`); every failure (ours, the
+engine's, Ray's) is answered through `failures.error_response`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 import logging
 import os
-from typing import TypeVar
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ValidationError
 from ray import serve
-from ray.exceptions import RayTaskError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments import api, availability
 from deployments.config import RouterConfig
-from deployments.embedder import Embedded, check_inputs
-from deployments.failures import UNAVAILABLE, api_error, error_response
+from deployments.failures import api_error
 from deployments.gate import Gate
-from deployments.metrics import RequestMetrics
+from deployments.http import api_app, as_json, authorize, bounded, read_json
 from deployments.protocol import (
-    APIError,
-    BadRequest,
     ChatCompletionRequest,
-    ClientClosedRequest,
     CompletionRequest,
-    EmbeddingRequest,
     Job,
-    ModelNotFound,
-    PayloadTooLarge,
     QualityScoreRequest,
     QualityScores,
-    RequestTimeout,
-    Unauthorized,
-    UnsupportedMediaType,
     new_id,
 )
 from deployments.tier import Downstream, Tier
 
 log = logging.getLogger("ray.serve")
-app = FastAPI(title="graphserve", docs_url=None, redoc_url=None)
+# /v1/embeddings is served by the embedder itself (its own application at that route): one hop.
 ROUTES = frozenset({"/health", "/v1/models", "/v1/chat/completions", "/v1/completions",
-                    "/v1/embeddings", "/v1/quality/score"})
-app.add_middleware(RequestMetrics, routes=ROUTES)
-Body = TypeVar("Body", bound=BaseModel)
-
-
-async def _error(request: Request, exc: Exception) -> JSONResponse:
-    return error_response(exc, request.method, request.url.path)
-
-
-# Known failures get their own handlers: Starlette re-raises whatever reaches the catch-all
-# `Exception` handler, and Serve's proxy may then replace our body with its own plain text.
-for _known in {APIError, RayTaskError, StarletteHTTPException, *UNAVAILABLE}:
-    app.add_exception_handler(_known, _error)
-app.add_exception_handler(Exception, _error)  # the unexpected: a 500 with the OpenAI body
-
-
-async def read_json(request: Request, model: type[Body], limit: int) -> Body:
-    """The request body, size-limited, decoded and validated; failures name the field."""
-    if "json" not in request.headers.get("content-type", "application/json"):
-        raise UnsupportedMediaType("the body must be JSON (content-type: application/json)")
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise BadRequest("the body is not valid UTF-8") from None
-    except json.JSONDecodeError as e:
-        raise BadRequest(f"the body is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise BadRequest("the body must be a JSON object")
-    try:  # strict: JSON types as OpenAI types them ("yes" is not a boolean, "5" not an integer)
-        return model.model_validate_json(raw, strict=True)
-    except ValidationError as e:
-        first = e.errors()[0]
-        param = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"]).lstrip(".")
-        message = first["msg"].removeprefix("Value error, ")
-        raise BadRequest(f"{param or 'body'}: {message}", param=param or None) from None
-
-
-async def client_gone(request: Request) -> None:
-    """Returns when the client closes the connection (its body has been read by then)."""
-    message = await request.receive()
-    while message["type"] != "http.disconnect":
-        message = await request.receive()
+                    "/v1/quality/score"})
+app = api_app("graphserve", ROUTES)
 
 
 async def all_of(awaitables) -> list:
@@ -117,10 +52,6 @@ async def all_of(awaitables) -> list:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def as_json(body: BaseModel, headers: dict[str, str] | None = None) -> Response:
-    return Response(body.model_dump_json(), media_type="application/json", headers=headers)
-
-
 @serve.deployment
 @serve.ingress(app)
 class Router:
@@ -132,39 +63,10 @@ class Router:
         self.api_key = config.api_key(os.environ)
 
     def _authorize(self, request: Request) -> None:
-        if self.api_key is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
-                                                                 self.api_key.encode()):
-            raise Unauthorized("a valid API key is required (Authorization: Bearer <key>)")
+        authorize(request, self.api_key)
 
     async def _bounded(self, awaitable, request: Request | None = None):
-        """A downstream call with the request timeout; its failures become our API errors here,
-        because Serve installs its own FastAPI handlers for BackPressureError and
-        DeploymentUnavailableError, which would answer with a plain-text body. With `request`, a
-        client that goes away cancels the call (and so the engine's work): HTTP served by the
-        replica itself (direct ingress) does not cancel a handler when its client disconnects."""
-        work = asyncio.ensure_future(asyncio.wait_for(awaitable, self.config.request_timeout_s))
-        gone = asyncio.ensure_future(client_gone(request)) if request is not None else None
-        try:
-            if gone is not None:
-                await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-                if not work.done():
-                    raise ClientClosedRequest("the client closed the connection")
-            return await work
-        except asyncio.TimeoutError:
-            raise RequestTimeout(
-                f"the request took longer than {self.config.request_timeout_s:.0f} s"
-            ) from None
-        except APIError:
-            raise
-        except Exception as e:
-            raise api_error(e) from None
-        finally:
-            for task in (work, gone):
-                if task is not None:
-                    task.cancel()
+        return await bounded(awaitable, self.config.request_timeout_s, request)
 
     # -- routes -----------------------------------------------------------------------------
 
@@ -174,11 +76,12 @@ class Router:
         a tier's last canary round; 503 when no LLM tier can answer (`availability.health`)."""
         try:
             serve_status = await asyncio.wait_for(asyncio.to_thread(serve.status), 5)
-            app_status = serve_status.applications.get(serve.get_replica_context().app_name)
+            apps = (serve.get_replica_context().app_name, self.embedder.config.app_name)
             replicas = {name: {"serve_status": overview.status.value, "replicas": {
                 state.value if hasattr(state, "value") else str(state): count
                 for state, count in overview.replica_states.items()}}
-                for name, overview in (app_status.deployments if app_status else {}).items()}
+                for app in apps if (app_status := serve_status.applications.get(app))
+                for name, overview in app_status.deployments.items()}
         except Exception:  # Serve's view is extra detail; the probes decide the status
             replicas = None
         body, status = availability.health(
@@ -240,24 +143,6 @@ class Router:
             api.stream_of(chunks, streams, jobs[0].sampling.n, include_usage,
                           lambda e: api_error(e).body()),
             media_type="text/event-stream", headers=headers)
-
-    @app.post("/v1/embeddings")
-    async def embeddings(self, request: Request) -> Response:
-        self._authorize(request)
-        body = await read_json(request, EmbeddingRequest, self.config.max_body_bytes)
-        if body.model != self.embedder.model_id:
-            raise ModelNotFound.named(body.model, [self.embedder.model_id], "embedding model")
-        vectors, tokens = await self._bounded(self._embed(body.texts()), request)
-        if body.dimensions is not None and body.dimensions != vectors.shape[1]:
-            raise BadRequest(f"this model returns {vectors.shape[1]} dimensions; "
-                             "other sizes are not supported", param="dimensions")
-        return as_json(api.embedding_list(body.model, vectors, tokens, body.encoding_format))
-
-    async def _embed(self, texts: list[str]) -> Embedded:
-        """The request's limits are checked here, at the edge; the embedder merges concurrent
-        calls into one encode (`@serve.batch`), and its autoscaler sees each call as load."""
-        check_inputs(texts, self.embedder.config)
-        return await self.embedder.handle.embed.remote(texts)
 
     @app.post("/v1/quality/score")
     async def quality_score(self, request: Request) -> Response:

@@ -94,6 +94,12 @@ SCENARIOS = {
     "GraphserveAvailabilityFastBurn/server-side 429s": (
         {OK: "0+600x120", proxy("429"): "0x60 0+120x60", router("200"): "0+600x120"},
         [(50, None), (118, {})]),
+    # /v1/embeddings is an application of its own (serve_config.yaml): its errors burn the
+    # same budget.
+    "GraphserveAvailabilityFastBurn/embeddings errors": (
+        {OK: "0+600x120", proxy("503", application="embeddings", route="/v1/embeddings"):
+         "0x60 0+120x60"},
+        [(50, None), (118, {})]),
     # Clients that hang up (499) and bad requests (400) are theirs, not an outage.
     "GraphserveAvailabilityFastBurn/client errors": (
         {OK: "0+600x120", proxy("499"): "0+120x120", proxy("400"): "0+120x120"},
@@ -270,8 +276,9 @@ def promtool_tests(path: Path = RULES, only: list[str] | None = None,
 
 # Regressions the scenarios must catch: (text in the rules file, its replacement, the scenarios
 # that must then fail). The first ones are the rules as they were before issue 28.
-PROXY_ERRORS = 'ray_serve_num_http_requests_total{application="graphserve", status_code=~"5..|408|429"}'
-PROXY_ALL = 'ray_serve_num_http_requests_total{application="graphserve"}'
+PROXY_ERRORS = ('ray_serve_num_http_requests_total{application=~"graphserve|embeddings", '
+                'status_code=~"5..|408|429"}')
+PROXY_ALL = 'ray_serve_num_http_requests_total{application=~"graphserve|embeddings"}'
 MUTANTS = {
     "availability from the router's own counter": (
         [(PROXY_ERRORS, 'ray_graphserve_requests_total{route!="other", status=~"5.."}'),
@@ -279,6 +286,9 @@ MUTANTS = {
         ["GraphserveAvailabilityFastBurn/timeouts at the proxy",
          "GraphserveAvailabilityFastBurn/server-side 429s",
          "GraphserveAvailabilitySlowBurn/proxy 504s and 500s"]),
+    "availability of the graph's application only": (
+        [('application=~"graphserve|embeddings"', 'application="graphserve"')],
+        ["GraphserveAvailabilityFastBurn/embeddings errors"]),
     "availability counting 5xx only": (
         [('status_code=~"5..|408|429"', 'status_code=~"5.."')],
         ["GraphserveAvailabilityFastBurn/timeouts at the proxy",

@@ -60,7 +60,7 @@ def base_url():
              runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                                        "GRAPHSERVE_TEST_KEY": TEST_API_KEY}})
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
-    serve.run(graph.app_builder(without_canary(config_args())), name="graphserve", route_prefix="/")
+    run_graph(without_canary(config_args()), "graphserve", "")
     print(f"\ngraph ready in {time.monotonic() - started:.1f} s")
     yield BASE
     serve.shutdown()
@@ -95,15 +95,42 @@ def variant(tiers: list[dict], embedder_source: str) -> dict:
     return args
 
 
-def deploy(name: str, args: dict, broken: bool = False) -> None:
-    """Runs an app next to the main graph; `broken`: one of its deployments is meant to fail
-    (Serve then raises once it gives up on it, while the rest of the app keeps running)."""
+def run_graph(args: dict, name: str, prefix: str, broken: bool = False,
+              blocking: bool = True) -> None:
+    """The graph's two applications as serve_config.yaml runs them: the embeddings one (named
+    by `args`, `embeddings` by default) at `prefix/v1/embeddings`, then the graph at `prefix`.
+    `broken`: one of their deployments is meant to fail (Serve then raises once it gives up on
+    it, while the rest keeps running)."""
     from ray import serve
 
     import graph
 
-    try:
-        serve.run(graph.app_builder(args), name=name, route_prefix=f"/{name}")
-    except RuntimeError:
-        if not broken:
-            raise
+    if name != "graphserve":
+        args = copy.deepcopy(args)
+        args["embedder"]["app_name"] = f"{name}-embeddings"
+    apps = [(graph.embeddings_builder, args["embedder"].get("app_name", "embeddings"),
+             f"{prefix}/v1/embeddings"), (graph.app_builder, name, prefix or "/")]
+    for builder, app_name, route_prefix in apps:
+        try:
+            serve._run(builder(args), name=app_name, route_prefix=route_prefix,
+                       _blocking=blocking)
+        except RuntimeError:
+            if not broken:
+                raise
+
+
+def deploy(name: str, args: dict, broken: bool = False) -> None:
+    """Runs an app (its two Serve applications) next to the main graph."""
+    run_graph(args, name, f"/{name}", broken)
+
+
+def remove(name: str) -> None:
+    """Deletes an app that `deploy` ran: both its applications, side by side (each drains its
+    replicas first: graceful_shutdown_timeout_s)."""
+    from ray import serve
+
+    names = {name, f"{name}-embeddings"}
+    for app in names:
+        serve.delete(app, _blocking=False)
+    wait_until(lambda: not names & set(serve.status().applications), 120,
+               f"{sorted(names)} to be deleted")

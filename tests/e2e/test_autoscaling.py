@@ -11,7 +11,7 @@ import httpx
 import pytest
 from ray import serve
 
-from tests.e2e.conftest import BASE, BROKEN, deploy, variant, wait_until
+from tests.e2e.conftest import BASE, BROKEN, deploy, remove, variant, wait_until
 
 EMBED = "all-minilm-l6-v2"
 URL = f"{BASE}/scaling/v1/embeddings"
@@ -27,7 +27,7 @@ def quick_autoscaling(target_ongoing_requests: int) -> dict:
 
 
 def running_replicas() -> int:
-    status = serve.status().applications["scaling"].deployments["embedder"]
+    status = serve.status().applications["scaling-embeddings"].deployments["embedder"]
     return status.replica_states.get("RUNNING", 0)
 
 
@@ -75,7 +75,7 @@ def test_embedder_scales_up_under_load_and_down_without_failures(base_url):
         assert running_replicas() == 1
         assert set(codes) == {200}
     finally:
-        serve.delete("scaling")
+        remove("scaling")
 
 
 CHAT_URL = f"{BASE}/llmscaling/v1/chat/completions"
@@ -168,4 +168,4 @@ def test_llm_scales_up_under_load_and_down_while_streams_finish(base_url):
         assert llm_replicas() == 1, "the LLM did not scale back down"
         assert set(codes) == {200}, failures
     finally:
-        serve.delete("llmscaling")
+        remove("llmscaling")

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.conftest import BASE, config_args, deploy, variant, wait_until
+from tests.e2e.conftest import BASE, config_args, deploy, remove, variant, wait_until
 from tests.support.metrics import scrape, value
 
 APP = "canary"
@@ -27,10 +27,8 @@ def canary_args(**sampling) -> dict:
 
 @pytest.fixture(scope="module")
 def canary_app(base_url):
-    from ray import serve
-
     yield
-    serve.delete(APP)
+    remove(APP)
 
 
 def health() -> httpx.Response:

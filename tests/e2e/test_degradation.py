@@ -16,7 +16,8 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.conftest import BASE, BROKEN, config_args, deploy, variant, wait_until
+from tests.e2e.conftest import (BASE, BROKEN, config_args, deploy, remove, variant,
+                                 wait_until)
 
 CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
@@ -171,11 +172,11 @@ def test_in_flight_requests_finish_when_the_app_is_removed(broken_apps):
                        for _ in range(2)]
             await asyncio.sleep(1.0)
             started = time.monotonic()
-            await asyncio.to_thread(serve.delete, "nollm")
+            await asyncio.to_thread(remove, "nollm")
             print(f"\nnollm deleted in {time.monotonic() - started:.1f} s")
             return await asyncio.gather(*running)
 
     responses = asyncio.run(main())
     assert [r.status_code for r in responses] == [200, 200]
     assert all(len(r.json()["data"]) == 512 for r in responses)
-    assert "nollm" not in serve.status().applications
+    assert not {"nollm", "nollm-embeddings"} & set(serve.status().applications)

@@ -34,12 +34,17 @@ from tests.helpers import (
 CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
 APP = "graphserve"
+
+
+def app_of(deployment: str) -> str:
+    """The embedder is the ingress of its own application (serve_config.yaml)."""
+    return "embeddings" if deployment == "embedder" else APP
 HI = {"model": CHAT, "max_tokens": 4, "temperature": 0,
       "messages": [{"role": "user", "content": "Hi"}]}
 
 
 def replica_actor(deployment: str):
-    found = replica_actors(APP, deployment)
+    found = replica_actors(app_of(deployment), deployment)
     assert len(found) == 1, found
     return ray.get_actor(found[0]["name"], namespace=found[0]["namespace"]), found[0]["name"]
 
@@ -48,7 +53,7 @@ def replica_actor(deployment: str):
 def one_replica_each(base_url):
     """Each fault starts from one replica per deployment: the embedder autoscales 1-2
     (serve_config.yaml) and may still hold a second replica from an earlier test's load."""
-    wait_until(lambda: all(len(replica_actors(APP, d)) == 1
+    wait_until(lambda: all(len(replica_actors(app_of(d), d)) == 1
                            for d in ("router", "embedder", "fast", "careful")),
                240, "one replica of each deployment")
 
@@ -74,9 +79,9 @@ RECOVERY_SLACK_S = 60
 
 def healthy_on_a_new_replica(deployment: str, old_name: str) -> bool:
     """Healthy, and the killed replica is gone (the embedder may have scaled up meanwhile)."""
-    if serve.status().applications[APP].deployments[deployment].status.value != "HEALTHY":
+    if serve.status().applications[app_of(deployment)].deployments[deployment].status.value != "HEALTHY":
         return False
-    names = [a["name"] for a in replica_actors(APP, deployment)]
+    names = [a["name"] for a in replica_actors(app_of(deployment), deployment)]
     return bool(names) and old_name not in names
 
 

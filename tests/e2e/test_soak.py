@@ -16,7 +16,7 @@ from tests.helpers import replica_actors
 def test_two_minute_soak_loses_nothing_and_leaks_nothing(base_url):
     # The memory of each process is followed from the start: begin with the embedder's one
     # steady replica (it autoscales 1-2 and may still hold a second from an earlier test).
-    wait_until(lambda: len(replica_actors("graphserve", "embedder")) == 1, 240,
+    wait_until(lambda: len(replica_actors("embeddings", "embedder")) == 1, 240,
                "one embedder replica")
     result = asyncio.run(soak(BASE, minutes=2, sample_every_s=20, warmup_s=20, calibrate_s=30))
     print(f"\n{ {k: v for k, v in result.items() if k != 'rss_mib'} }")

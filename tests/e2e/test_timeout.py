@@ -7,7 +7,7 @@ import time
 import httpx
 from ray import serve
 
-from tests.e2e.conftest import BASE, BROKEN, deploy, variant, wait_until
+from tests.e2e.conftest import BASE, BROKEN, deploy, remove, variant, wait_until
 
 EMBED = "all-minilm-l6-v2"
 
@@ -18,7 +18,7 @@ def test_a_request_over_the_timeout_gets_504(base_url):
     args["router"]["request_timeout_s"] = 1
     args["router"]["gate_budget_s"] = 0.5  # must stay below the timeout
     deploy("slow", args, broken=True)
-    wait_until(lambda: serve.status().applications["slow"].deployments["embedder"].status.value
+    wait_until(lambda: serve.status().applications["slow-embeddings"].deployments["embedder"].status.value
                == "HEALTHY", 120, "the slow app's embedder")
     try:
         many = {"model": EMBED, "input": [f"sentence number {i} to keep the encoder busy"
@@ -37,4 +37,4 @@ def test_a_request_over_the_timeout_gets_504(base_url):
         wait_until(lambda: httpx.post(f"{BASE}/slow/v1/embeddings", timeout=60, json={
             "model": EMBED, "input": "hi"}).status_code == 200, 60, "the encoder to be free")
     finally:
-        serve.delete("slow")
+        remove("slow")
