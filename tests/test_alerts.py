@@ -73,9 +73,12 @@ def up(instance: str) -> str:
     return f'up{{job="ray", instance="{instance}"}}'
 
 
-def healthy(replica: str, deployment: str = "router") -> str:
-    return (f'ray_serve_deployment_replica_healthy{{application="graphserve", '
+def healthy(replica: str, deployment: str = "router", application: str = "graphserve") -> str:
+    return (f'ray_serve_deployment_replica_healthy{{application="{application}", '
             f'deployment="{deployment}", replica="{replica}"}}')
+
+
+EMBEDDER_UP = {healthy("e", "embedder", "embeddings"): "1x70"}
 
 
 # alert -> (input series at 1-minute steps, [(minute, labels of the expected alert or None)]).
@@ -130,12 +133,19 @@ SCENARIOS = {
     # The router's only replica fails at minute 20 (the controller's gauge goes to 0); a new one
     # is healthy at minute 40. The fast tier's replica is healthy all along: no help.
     "GraphserveNotServing": (
-        {healthy("a"): "1x20 0x50", healthy("b"): "_x40 1x30", healthy("f", "fast"): "1x70"},
+        {healthy("a"): "1x20 0x50", healthy("b"): "_x40 1x30", healthy("f", "fast"): "1x70",
+         **EMBEDDER_UP},
         [(10, None), (23, None), (30, {}), (50, None)]),
     # The application is deleted at minute 20 (or never deployed): no series of it at all.
     "GraphserveNotServing/application gone": (
-        {healthy("a"): "1x20", 'up{job="ray", instance="head:8080"}': "1x60"},
+        {healthy("a"): "1x20", 'up{job="ray", instance="head:8080"}': "1x60", **EMBEDDER_UP},
         [(10, None), (23, None), (40, {})]),
+    # /v1/embeddings is its own application: its only embedder replica fails at minute 20 while
+    # the router is healthy all along; a new one is healthy at minute 40.
+    "GraphserveNotServing/embeddings down": (
+        {healthy("a"): "1x70", healthy("e", "embedder", "embeddings"): "1x20 0x50",
+         healthy("e2", "embedder", "embeddings"): "_x40 1x30"},
+        [(10, None), (23, None), (30, {}), (50, None)]),
     # First tokens under 0.5 s, then between 2.5 and 5 s (p95 ~4.9 s), then fast again.
     "GraphserveTimeToFirstTokenHigh": (
         {ttft("0.5"): "0+10x60 600x60 600+10x60", ttft("2.5"): "0+10x60 600x60 600+10x60",
@@ -286,6 +296,10 @@ MUTANTS = {
         ["GraphserveAvailabilityFastBurn/timeouts at the proxy",
          "GraphserveAvailabilityFastBurn/server-side 429s",
          "GraphserveAvailabilitySlowBurn/proxy 504s and 500s"]),
+    "not serving watches the router only": (
+        [('\n            or absent(ray_serve_deployment_replica_healthy{application="embeddings", '
+          'deployment="embedder"} == 1)', '')],
+        ["GraphserveNotServing/embeddings down"]),
     "availability of the graph's application only": (
         [('application=~"graphserve|embeddings"', 'application="graphserve"')],
         ["GraphserveAvailabilityFastBurn/embeddings errors"]),

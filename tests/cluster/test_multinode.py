@@ -26,6 +26,11 @@ PORT = 8100
 BASE = f"http://127.0.0.1:{PORT}"
 DASHBOARD = "http://127.0.0.1:8275"
 APP = "graphserve"
+
+
+def app_of(deployment: str) -> str:
+    """The embedder is the ingress of its own application (serve_config.yaml)."""
+    return "embeddings" if deployment == "embedder" else APP
 CHAT, EMBED = "smollm2-135m-instruct", "all-minilm-l6-v2"
 HEAD_ONLY = {"graphserve_head": 0.01}
 
@@ -64,7 +69,8 @@ def replica_nodes(deployment: str) -> list[str]:
     from ray.util.state import list_actors
 
     actors = list_actors(address=DASHBOARD, filters=[
-        ("class_name", "=", f"ServeReplica:{APP}:{deployment}"), ("state", "=", "ALIVE")])
+        ("class_name", "=", f"ServeReplica:{app_of(deployment)}:{deployment}"),
+        ("state", "=", "ALIVE")])
     return [a["node_id"] for a in actors]
 
 
@@ -80,12 +86,12 @@ def node_ids() -> dict[str, str]:
     return out
 
 
-def serve_state() -> dict:
-    """The app as Serve's REST API reports it (what `serve status` prints)."""
+def serve_state(app: str = APP) -> dict:
+    """An app as Serve's REST API reports it (what `serve status` prints)."""
     r = httpx.get(f"{DASHBOARD}/api/serve/applications/", timeout=10,
                   headers={"Authorization": f"Bearer {auth_token()}"})
     r.raise_for_status()
-    return r.json()["applications"].get(APP, {})
+    return r.json()["applications"].get(app, {})
 
 
 @functools.cache
@@ -177,7 +183,7 @@ def test_stopping_the_worker_moves_its_replicas_and_requests_keep_succeeding(dep
 
             def on_the_head(name: str) -> bool:
                 return (replica_nodes(name) == [head, head]
-                        and serve_state()["deployments"][name]["status"] == "HEALTHY")
+                        and serve_state(app_of(name))["deployments"][name]["status"] == "HEALTHY")
 
             moved = await asyncio.to_thread(
                 # 183 s on an Intel host with bfloat16 engines; over 300 s on a 2-core AMD host

@@ -6,10 +6,12 @@ import time
 import uuid
 
 
+from tests.helpers import wait_until
 from tests.support.metrics import VLLM_SCRAPED, scrape, value
 
 CHAT = "smollm2-135m-instruct"
 APP = "graphserve"
+EMBEDDINGS_APP = "embeddings"
 
 
 EXPORT_S = 6  # longer than the export period set in conftest (5 s)
@@ -57,11 +59,19 @@ def test_scraped_metrics_count_the_traffic(http):
     after = settled(read)
     # requests, latency observations, quality scores, engine requests: 12 each, no more, no less
     assert tuple(a - b for a, b in zip(after, before)) == (12, 12, 12, 12)
-    samples = scrape()
-    assert value(samples, "ray_graphserve_model_load_seconds_count") >= 3  # 2 tiers + embedder
+    samples, embeddings = scrape(), scrape(EMBEDDINGS_APP)
+    assert value(samples, "ray_graphserve_model_load_seconds_count") >= 2  # 2 tiers
     assert value(samples, "ray_graphserve_model_load_seconds_sum") > 0
-    assert value(samples, "ray_graphserve_embedder_batch_size_count") > 0
     assert value(samples, "ray_vllm_time_to_first_token_seconds_count") >= 12
+    # The embedder is its own application (/v1/embeddings): its load, batches and HTTP requests.
+    assert value(embeddings, "ray_graphserve_model_load_seconds_count", model="all-minilm-l6-v2") >= 1
+    assert value(embeddings, "ray_graphserve_embedder_batch_size_count") > 0
+    route = {"route": "/v1/embeddings", "status": "200"}
+    served = value(embeddings, "ray_graphserve_requests_total", **route)
+    assert http.post("/v1/embeddings", json={"model": "all-minilm-l6-v2",
+                                             "input": "count me"}).status_code == 200
+    wait_until(lambda: value(scrape(EMBEDDINGS_APP), "ray_graphserve_requests_total", **route)
+               == served + 1, 60, "the embedder's request counter to count one more")
 
 
 def test_vllm_names_used_by_the_dashboard_are_scraped(http):
@@ -99,7 +109,8 @@ def test_request_id_comes_back_and_reaches_every_deployment_log(http):
     logs = os.path.join(ray._private.worker._global_node.get_logs_dir_path(), "serve")
     deadline, seen = time.monotonic() + 10, set()
     while time.monotonic() < deadline:
-        seen = {os.path.basename(p).split("_")[2] for p in glob.glob(f"{logs}/replica_{APP}_*.log")
+        seen = {os.path.basename(p).split("_")[2]
+                for app in (APP, EMBEDDINGS_APP) for p in glob.glob(f"{logs}/replica_{app}_*.log")
                 if rid in open(p, errors="replace").read()}
         if {"router", "fast", "embedder"} <= seen:
             break
