@@ -97,7 +97,9 @@ def replica_names() -> dict[str, list[str]]:
     names: dict[str, list[str]] = {d: [] for d in DEPLOYMENTS}
     for actor in ray.util.list_named_actors(all_namespaces=True):
         for d in DEPLOYMENTS:
-            if actor["name"].startswith(f"SERVE_REPLICA::{APP}#{d}#"):
+            # the embedder is the ingress of its own application (serve_config.yaml)
+            app = "embeddings" if d == "embedder" else APP
+            if actor["name"].startswith(f"SERVE_REPLICA::{app}#{d}#"):
                 names[d].append(actor["name"])
     return names
 
