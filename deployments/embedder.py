@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-
 import os
+import time
 
 import numpy as np
 from fastapi import Request
