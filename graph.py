@@ -35,8 +35,9 @@ def build(config: GraphConfig) -> Application:
 
 
 def build_embeddings(config: GraphConfig) -> Application:
-    return EmbedderDeployment.options(**config.embedder.serve_options()).bind(
-        config.embedder, config.router)
+    return EmbedderDeployment.options(
+        **config.embedder.deployment.serve_options(config.embedder.name)
+    ).bind(config.embedder, config.router)
 
 
 def app_builder(args: dict) -> Application:

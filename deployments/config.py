@@ -202,22 +202,6 @@ class EmbedderConfig(Strict):
         default_factory=lambda: DeploymentOptions(max_ongoing_requests=128, max_queued_requests=512)
     )
 
-    def http_capacity(self) -> int | None:
-        """HTTP requests one replica takes at once (running and waiting for a batch); the next is
-        answered with our 429. None: no limit (max_queued_requests -1)."""
-        queued = self.deployment.max_queued_requests
-        return None if queued < 0 else self.deployment.max_ongoing_requests + queued
-
-    def serve_options(self) -> dict[str, Any]:
-        """`Deployment.options(...)`: as an ingress the embedder answers its own overload (Serve's
-        would be plain text), so Serve admits its HTTP capacity plus `max_ongoing_requests` more
-        for the gate's scoring calls, and queues `max_queued_requests` beyond that."""
-        options = self.deployment.serve_options(self.name)
-        capacity = self.http_capacity()
-        if capacity is not None:
-            options["max_ongoing_requests"] = capacity + self.deployment.max_ongoing_requests
-        return options
-
 
 class QualityConfig(Strict):
     """How an answer is scored; see deployments/quality.py and docs/quality-gate.md."""
@@ -337,9 +321,9 @@ class RouterConfig(Strict):
     quality: QualityConfig = Field(default_factory=QualityConfig)
     canary: CanaryConfig = Field(default_factory=CanaryConfig)
     deployment: DeploymentOptions = Field(
-        # A full router is answered by Serve itself, without our error body: the router only
-        # parses, waits and scores, so it takes a burst whole and the graph sheds with its own
-        # 429 where the real capacity is (the tiers' queues).
+        # A full router is refused by Serve itself (its 429, given our body by proxy_errors.py):
+        # the router only parses, waits and scores, so it takes a burst whole and the graph sheds
+        # with its own 429 where the real capacity is (the tiers' queues).
         default_factory=lambda: DeploymentOptions(num_cpus=0.1, max_ongoing_requests=2048,
                                                   max_queued_requests=2048)
     )

@@ -26,7 +26,7 @@ from deployments.config import EmbedderConfig, RouterConfig, assigned
 from deployments.encoder import SentenceEncoder
 from deployments.http import api_app, as_json, authorize, bounded, read_json
 from deployments.models import embedder_folder
-from deployments.protocol import BadRequest, EmbeddingRequest, ModelNotFound, Overloaded
+from deployments.protocol import BadRequest, EmbeddingRequest, ModelNotFound
 
 log = logging.getLogger("ray.serve")
 
@@ -70,8 +70,6 @@ class EmbedderDeployment:
         self.config = config
         self.edge = edge
         self.api_key = edge.api_key(os.environ)
-        self.http_limit = config.http_capacity()
-        self.http_in_flight = 0
         started = time.monotonic()
         folder = embedder_folder(config.model_source)
         # What Ray gave this replica (a serve config's `deployments:` entry may override the
@@ -94,20 +92,14 @@ class EmbedderDeployment:
 
     @app.post("/")  # the application's route prefix: /v1/embeddings
     async def embeddings(self, request: Request) -> Response:
+        # A full replica never gets here: Serve refuses the request with a 429 and Retry-After,
+        # given the OpenAI body by the middleware Serve runs in front of it (proxy_errors.py).
         authorize(request, self.api_key)
-        # Ours before Serve's: Serve admits more than this (EmbedderConfig.serve_options), so a
-        # full replica answers with our 429 and its Retry-After, not Serve's plain text.
-        if self.http_limit is not None and self.http_in_flight >= self.http_limit:
-            raise Overloaded(f"the embedder is at its {self.http_limit} requests; retry shortly")
-        self.http_in_flight += 1
-        try:
-            body = await read_json(request, EmbeddingRequest, self.edge.max_body_bytes)
-            if body.model != self.config.model_id:
-                raise ModelNotFound.named(body.model, [self.config.model_id], "embedding model")
-            vectors, tokens = await bounded(self.embed(body.texts()),
-                                            self.edge.request_timeout_s, request)
-        finally:
-            self.http_in_flight -= 1
+        body = await read_json(request, EmbeddingRequest, self.edge.max_body_bytes)
+        if body.model != self.config.model_id:
+            raise ModelNotFound.named(body.model, [self.config.model_id], "embedding model")
+        vectors, tokens = await bounded(self.embed(body.texts()), self.edge.request_timeout_s,
+                                        request)
         if body.dimensions is not None and body.dimensions != vectors.shape[1]:
             raise BadRequest(f"this model returns {vectors.shape[1]} dimensions; "
                              "other sizes are not supported", param="dimensions")

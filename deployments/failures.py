@@ -45,7 +45,8 @@ UNAVAILABLE = (
 )
 
 # What Serve itself answers when a deployment's queue is full and the request never reaches our
-# code: the same "busy, retry in 1 s" as our own Overloaded, not Serve's default bare 503.
+# code: the same "busy, retry in 1 s" as our own Overloaded, not Serve's default bare 503 (its
+# body made ours by proxy_errors.py).
 SERVE_BACKPRESSURE = {"status_code": Overloaded.status, "retry_after_s": Overloaded.retry_after_s}
 
 
