@@ -94,6 +94,12 @@ def generator():
 
 
 
+def app_of(deployment: str, graph_app: str = "graphserve") -> str:
+    """The Serve application a deployment of the shipped graph is in: the embedder is the ingress
+    of its own (serve_config.yaml's second application, `embedder.app_name`)."""
+    return "embeddings" if deployment == "embedder" else graph_app
+
+
 def replica_actors(app: str, deployment: str = "") -> list[dict]:
     """Serve's named actor (name, namespace) of every live replica of `app`, or of one of its
     deployments: a restarted replica has a new name."""

@@ -27,10 +27,6 @@ BASE = f"http://127.0.0.1:{PORT}"
 DASHBOARD = "http://127.0.0.1:8275"
 APP = "graphserve"
 
-
-def app_of(deployment: str) -> str:
-    """The embedder is the ingress of its own application (serve_config.yaml)."""
-    return "embeddings" if deployment == "embedder" else APP
 CHAT, EMBED = "smollm2-135m-instruct", "all-minilm-l6-v2"
 HEAD_ONLY = {"graphserve_head": 0.01}
 
@@ -69,7 +65,7 @@ def replica_nodes(deployment: str) -> list[str]:
     from ray.util.state import list_actors
 
     actors = list_actors(address=DASHBOARD, filters=[
-        ("class_name", "=", f"ServeReplica:{app_of(deployment)}:{deployment}"),
+        ("class_name", "=", f"ServeReplica:{helpers.app_of(deployment)}:{deployment}"),
         ("state", "=", "ALIVE")])
     return [a["node_id"] for a in actors]
 
@@ -183,7 +179,8 @@ def test_stopping_the_worker_moves_its_replicas_and_requests_keep_succeeding(dep
 
             def on_the_head(name: str) -> bool:
                 return (replica_nodes(name) == [head, head]
-                        and serve_state(app_of(name))["deployments"][name]["status"] == "HEALTHY")
+                        and serve_state(helpers.app_of(name))["deployments"][name]["status"]
+                        == "HEALTHY")
 
             moved = await asyncio.to_thread(
                 # 183 s on an Intel host with bfloat16 engines; over 300 s on a 2-core AMD host

@@ -22,6 +22,7 @@ from ray import serve
 from deployments.config import GraphConfig
 from tests.e2e.conftest import BASE, BROKEN, variant
 from tests.helpers import (
+    app_of,
     config_args,
     ended,
     engine_core,
@@ -35,10 +36,6 @@ CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
 APP = "graphserve"
 
-
-def app_of(deployment: str) -> str:
-    """The embedder is the ingress of its own application (serve_config.yaml)."""
-    return "embeddings" if deployment == "embedder" else APP
 HI = {"model": CHAT, "max_tokens": 4, "temperature": 0,
       "messages": [{"role": "user", "content": "Hi"}]}
 
@@ -79,7 +76,8 @@ RECOVERY_SLACK_S = 60
 
 def healthy_on_a_new_replica(deployment: str, old_name: str) -> bool:
     """Healthy, and the killed replica is gone (the embedder may have scaled up meanwhile)."""
-    if serve.status().applications[app_of(deployment)].deployments[deployment].status.value != "HEALTHY":
+    app = serve.status().applications[app_of(deployment)]
+    if app.deployments[deployment].status.value != "HEALTHY":
         return False
     names = [a["name"] for a in replica_actors(app_of(deployment), deployment)]
     return bool(names) and old_name not in names
