@@ -26,7 +26,7 @@ import httpx
 import yaml
 
 from deployments.config import GraphConfig, LLMConfig
-from deployments.llm import CPU_ENGINE_ENV, use_cpu_engine_env
+from deployments.llm import cpu_engine_env, use_cpu_engine_env
 from deployments.models import chat_token_ids, embedder_folder, llm_folder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,7 +154,7 @@ class VLLMServer(Server):
                 "max_new_tokens": min(defaults.max_tokens, tier.max_tokens_cap)})]
         # The engine settings of the graph's CPU tiers (deployments/llm.py), so the comparison is
         # of the servers, not of two ways to run vLLM's engine.
-        env = {"OMP_NUM_THREADS": str(tier.engine_threads or 2), **CPU_ENGINE_ENV,
+        env = {"OMP_NUM_THREADS": str(tier.engine_threads or 2), **cpu_engine_env(tier.compile),
                "HF_HUB_OFFLINE": "1"}
         return cmd, env
 
@@ -271,7 +271,7 @@ class InProcessEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         tier = fast_tier()
-        use_cpu_engine_env(tier.engine_threads or 2)
+        use_cpu_engine_env(tier.engine_threads or 2, tier.compile)
         started = time.monotonic()
         self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(
             model=str(llm_folder(tier.model_source)), served_model_name=tier.model_id,

@@ -4,11 +4,15 @@ Plain processes, no Ray, the shipped config's `fast` tier, one after another on 
 
 - `vllm serve` on the same weights, dtype and KV cache: launch to its first answer (the peer);
 - one engine built as the LLM deployment builds it (`deployments.llm.engine_args` and
-  `CPU_ENGINE_ENV`), its phases timed: torch and vLLM imports, `AsyncLLM.from_engine_args` (the
-  engine-core process: its own imports, the weights, the KV cache; vLLM's log lines give the last
-  two), the warm-up request, then 8 greedy streams of 64 tokens twice (decode tokens/s);
+  `cpu_engine_env`), its phases timed: torch and vLLM imports, `start_engine` (the
+  engine-core process, forked or spawned as the tier's `engine_core_start` says: the weights, the
+  KV cache; vLLM's log lines give those two), the warm-up request (with logprobs, as the deployment's, since the router asks for them),
+  then 8 greedy streams of 64 tokens twice (decode tokens/s);
 - the same with vLLM's default for a CPU engine, the model in a worker process of its own
   (`VLLM_ENABLE_V1_MULTIPROCESSING=1`): what the deployment's choice saves;
+- the same with torch.compile left on (`TORCH_COMPILE_DISABLE` unset), which compiles a sampler
+  helper with inductor on the first logprobs request: with an empty inductor cache (a fresh
+  machine) and with the cache that run left (a restart on the same machine);
 - two engines at once, as the deployment builds them: both tiers of the default graph loading side
   by side on the same cores.
 
@@ -31,7 +35,7 @@ from pathlib import Path
 from benchmarks.overhead import first_answer
 from benchmarks.peers import ROOT, VLLMServer, fast_tier
 from benchmarks.report import write_results
-from deployments.llm import CPU_ENGINE_ENV
+from deployments.llm import cpu_engine_env
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -46,7 +50,7 @@ mark("torch imported")
 from vllm.v1.engine.async_llm import AsyncLLM
 mark("vllm imported")
 from benchmarks.peers import fast_tier
-from deployments.llm import engine_args, engine_dtype, llm_folder
+from deployments.llm import engine_args, engine_dtype, llm_folder, start_engine
 from deployments.protocol import GenerationRequest, Sampling
 tier = fast_tier()
 dtype = engine_dtype(tier.dtype, False, torch.cpu._is_avx512_bf16_supported())
@@ -54,9 +58,10 @@ args = engine_args(tier, llm_folder(tier.model_source), dtype, None)
 args.worker_extension_cls = ""  # the deployment's heap release (deployments/heap.py): not timed here
 async def main():
     from vllm import SamplingParams
-    engine = AsyncLLM.from_engine_args(args)
+    engine = start_engine(args, [], fork=tier.engine_core_start == "fork")
     mark("engine ready")
-    async for _ in engine.generate("Hello", SamplingParams(max_tokens=2, temperature=0), "warmup"):
+    warmup = SamplingParams(max_tokens=2, temperature=0, logprobs=5)
+    async for _ in engine.generate("Hello", warmup, "warmup"):
         pass
     mark("warm-up answered")
     if os.environ.get("DECODE") == "1":
@@ -79,14 +84,34 @@ VLLM_PHASES = {
 }
 
 
-def engines(count: int, worker_process: bool = False, decode: bool = False) -> list[dict]:
+# The one-engine settings: a label, and what each changes in the deployment's environment
+# (None: removed). The compile runs get an inductor cache of their own (`engines`).
+SETTINGS = {
+    "one": ("one engine, model in the engine core (the deployment)", {}),
+    "one_worker_process": ("one engine, model in a worker process (vLLM's CPU default)",
+                           {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}),
+    "compile_cold": ("one engine, torch.compile on, empty inductor cache",
+                     {"TORCH_COMPILE_DISABLE": None}),
+    "compile_warm": ("one engine, torch.compile on, the cache of the run before",
+                     {"TORCH_COMPILE_DISABLE": None}),
+}
+
+
+def engines(count: int, changes: dict | None = None, decode: bool = False,
+            inductor_cache: str | None = None) -> list[dict]:
     """`count` engines started at the same moment; each one's phases (seconds since its launch),
-    and with `decode` its decode tokens/s. `worker_process`: vLLM's default executor on a CPU."""
+    and with `decode` its decode tokens/s. `changes`: to the deployment's engine environment."""
     env = {**os.environ, "OMP_NUM_THREADS": str(fast_tier().engine_threads or 2),
-           **CPU_ENGINE_ENV, "VLLM_CONFIGURE_LOGGING": "1", "VLLM_LOGGING_LEVEL": "INFO",
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "DECODE": "1" if decode else "0"}
-    if worker_process:
-        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"
+           **cpu_engine_env(fast_tier().compile), "VLLM_CONFIGURE_LOGGING": "1",
+           "VLLM_LOGGING_LEVEL": "INFO", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
+           "DECODE": "1" if decode else "0"}
+    for key, value in (changes or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    if inductor_cache:
+        env["TORCHINDUCTOR_CACHE_DIR"] = inductor_cache
     logs = [tempfile.TemporaryFile("w+") for _ in range(count)]
     started = time.monotonic()
     procs = [subprocess.Popen([sys.executable, "-c", ENGINE], cwd=ROOT, env=env, stdout=log,
@@ -126,28 +151,39 @@ def vllm_serve_first_answer() -> float:
 def markdown(result: dict) -> str:
     phases = ["torch imported", "vllm imported", "engine ready", "warm-up answered",
               "decode tok/s"]
+    for runs in result["runs"].values():  # the warm-up: the first request with logprobs
+        for run in runs:
+            run["warm-up (logprobs)"] = round(run["warm-up answered"] - run["engine ready"], 2)
+    phases.insert(4, "warm-up (logprobs)")
     inner = list(VLLM_PHASES)
     lines = ["# Where an LLM replica's start goes (`python -m benchmarks.startup`)", "",
              f"{result['host']}; seconds since the process started (vLLM's own figures: "
              "durations inside the engine-core process).", "",
              "| run | " + " | ".join(phases + inner) + " |",
              "|---|" + "---|" * (len(phases) + len(inner))]
-    for name, key in RUNS.items():
-        runs = result[key]
+    labels = {**{key: label for key, (label, _) in SETTINGS.items()},
+              "two": "two engines at once (the deployment)"}
+    for key, runs in result["runs"].items():
+        name = labels[key]
         for i, run in enumerate(runs):
             lines.append(f"| {name}{f' #{i + 1}' if len(runs) > 1 else ''} | " + " | ".join(
                 str(run.get(p, "–")) for p in phases + inner) + " |")
     def median(key: str, field: str) -> float:
-        return statistics.median(run[field] for run in result[key])
+        return statistics.median(run[field] for run in result["runs"][key])
 
     ready, ready_default = median("one", "warm-up answered"), median("one_worker_process", "warm-up answered")
     decode, decode_default = median("one", "decode tok/s"), median("one_worker_process", "decode tok/s")
+    warmup = {key: round(median(key, "warm-up (logprobs)"), 2) for key in ("one", "compile_warm", "compile_cold")}
     lines += ["", f"Medians: `vllm serve` (the same engine settings), launch to its first answer "
               f"**{result['vllm_serve_s']} s** (one run); one engine as the deployment builds it, to "
               f"its warm-up answer **{ready} s** ({ready / result['vllm_serve_s']:.2f}×). The model in "
-              f"the engine core instead of a worker process: ready {ready_default - ready:.1f} s "
-              f"sooner, decoding {decode} against {decode_default} tok/s "
-              f"({decode / decode_default:.2f}×).", ""]
+              f"the engine core instead of a worker process: its warm-up answer {ready - ready_default:+.1f} s "
+              f"against that one's, decoding {decode:.1f} against {decode_default:.1f} tok/s "
+              f"({decode / decode_default:.2f}×).",
+              f"The warm-up, the first request with logprobs: **{warmup['one']} s** with torch.compile "
+              f"off (the deployment), {warmup['compile_warm']} s with it on and a warm inductor cache, "
+              f"**{warmup['compile_cold']} s** with an empty one; decoding {decode:.1f} against "
+              f"{median('compile_warm', 'decode tok/s'):.1f} tok/s with it on.", ""]
     return "\n".join(lines)
 
 
@@ -163,12 +199,14 @@ def main() -> None:
 
     host = (f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
             f"AVX-512 BF16: {torch.cpu._is_avx512_bf16_supported()}")
-    result = {"host": host, "vllm_serve_s": vllm_serve_first_answer(), "one": [],
-              "one_worker_process": []}
+    result = {"host": host, "vllm_serve_s": vllm_serve_first_answer(),
+              "runs": {key: [] for key in SETTINGS}}
     for _ in range(args.repeats):
-        result["one"] += engines(1, decode=True)
-        result["one_worker_process"] += engines(1, worker_process=True, decode=True)
-    result["two"] = engines(2)
+        with tempfile.TemporaryDirectory() as inductor_cache:  # empty, then warmed by that run
+            for key, (_, changes) in SETTINGS.items():
+                result["runs"][key] += engines(1, changes, decode=True, inductor_cache=(
+                    inductor_cache if key.startswith("compile") else None))
+    result["runs"]["two"] = engines(2)
     write_results(args.out, "startup", result, markdown(result))
 
 

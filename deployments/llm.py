@@ -117,12 +117,24 @@ def preflight(config: LLMConfig, folder: Path, dtype: str, gpus: float | None) -
 # in a third process fed over shared memory: on a 2-core host the engine is ready 13.4 s sooner (one
 # vLLM import fewer) and decodes 1.41x as fast (medians of benchmarks/startup.py's three runs).
 CPU_ENGINE_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+# An eager engine (`compile: false`) still torch.compiles one helper of its sampler, the rank of
+# each sampled token among the logprobs (vLLM's `batched_count_greater_than`), with inductor, on
+# the first request that asks for logprobs: the warm-up, since the router asks for them. Inductor
+# generates C++ and builds it with the host's compiler: that first request took 9.9 s with an
+# empty inductor cache (a fresh machine, a new pod) and 2.0 s with a warm one, against 0.15 s with
+# torch.compile off, which decodes as fast (274 against 255 tokens/s; benchmarks/startup.py).
+EAGER_ENGINE_ENV = {"TORCH_COMPILE_DISABLE": "1"}
 
 
-def use_cpu_engine_env(threads: int) -> None:
+def cpu_engine_env(compile: bool) -> dict[str, str]:
+    """The environment a CPU engine starts in (vLLM and torch read it as they load)."""
+    return {**CPU_ENGINE_ENV, **({} if compile else EAGER_ENGINE_ENV)}
+
+
+def use_cpu_engine_env(threads: int, compile: bool) -> None:
     """This process's environment for the CPU engine it is about to start (vLLM reads it then)."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    for key, value in CPU_ENGINE_ENV.items():
+    for key, value in cpu_engine_env(compile).items():
         os.environ.setdefault(key, value)
 
 
@@ -249,7 +261,8 @@ class LLMDeployment:
         started = time.monotonic()
         self._lap("waiting")
         if not has_cuda:
-            use_cpu_engine_env(config.engine_threads or max(1, int(self.resources["CPU"])))
+            use_cpu_engine_env(config.engine_threads or max(1, int(self.resources["CPU"])),
+                               config.compile)
         # vLLM re-applies a logging dictConfig while building its engine, which closes every
         # existing handler, Serve's replica log file included: keep Ray's logging as it is.
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")

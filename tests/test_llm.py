@@ -1,11 +1,20 @@
 """The LLM deployment's pure helpers: dtype, max_tokens, engine arguments, token logprobs."""
 
+import os
 from types import SimpleNamespace
 
 import pytest
 
 from deployments.config import DeploymentOptions, LLMConfig
-from deployments.llm import engine_args, engine_dtype, resolve_max_tokens, token_logprob, token_logprobs
+from deployments.llm import (
+    cpu_engine_env,
+    engine_args,
+    engine_dtype,
+    resolve_max_tokens,
+    token_logprob,
+    token_logprobs,
+    use_cpu_engine_env,
+)
 from deployments.models import llm_folder
 from deployments.protocol import BadRequest, Sampling
 
@@ -15,6 +24,21 @@ def test_dtype_follows_the_hardware():
     assert engine_dtype("auto", has_cuda=False, cpu_has_bf16=True) == "bfloat16"
     assert engine_dtype("auto", has_cuda=True, cpu_has_bf16=False) == "auto"
     assert engine_dtype("float16", has_cuda=False, cpu_has_bf16=False) == "float16"
+
+
+def test_an_eager_cpu_engine_starts_with_torch_compile_off(monkeypatch):
+    """An eager engine would otherwise inductor-compile a sampler helper on its first logprobs
+    request (3.8-15 s); a compiling tier keeps torch.compile; an operator's setting wins."""
+    assert cpu_engine_env(compile=False)["TORCH_COMPILE_DISABLE"] == "1"
+    assert "TORCH_COMPILE_DISABLE" not in cpu_engine_env(compile=True)
+    for key in ("TORCH_COMPILE_DISABLE", "VLLM_ENABLE_V1_MULTIPROCESSING", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(key, raising=False)
+    use_cpu_engine_env(2, compile=False)
+    assert os.environ["TORCH_COMPILE_DISABLE"] == "1" and os.environ["OMP_NUM_THREADS"] == "2"
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    monkeypatch.setenv("TORCH_COMPILE_DISABLE", "0")
+    use_cpu_engine_env(2, compile=False)
+    assert os.environ["TORCH_COMPILE_DISABLE"] == "0"
 
 
 def test_max_tokens_caps_and_context():
