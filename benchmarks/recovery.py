@@ -36,15 +36,15 @@ HI = {"model": "smollm2-135m-instruct", "max_tokens": 4, "temperature": 0,
       "messages": [{"role": "user", "content": "Hi"}]}
 # name: (keys replaced in every tier, keys replaced in the graph's args, Serve's environment)
 VARIANTS = {
-    "fork": ({"engine_core_start": "fork"}, {}, {}),  # the default
+    "fork": ({"engine_core_start": "fork"}, {"tier_load_order": "side_by_side"}, {}),
     "spawn": ({"engine_core_start": "spawn"}, {}, {}),  # vLLM's own choice in a Ray actor
-    # the tiers' engines one after another, cheapest first: the first tier alone on the cores
+    # the tiers' engines one after another (their vLLM imports side by side), in escalation order
     "fork_in_turn": ({"engine_core_start": "fork"}, {"tier_load_order": "in_turn"}, {}),
     # Serve's Python proxy and Ray actor calls instead of the shipped HAProxy data path
     "fork_serve_proxy": ({"engine_core_start": "fork"}, {},
                          {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "RAY_SERVE_ENABLE_HA_PROXY": "0"}),
 }
-PHASES = ("process", "waiting", "vllm_import", "engine", "warmup")
+PHASES = ("process", "vllm_import", "waiting", "engine", "warmup")
 
 
 def answers(base: str) -> bool:
@@ -222,7 +222,7 @@ def markdown(runs: list[dict]) -> str:
                   "the replica's worker (Ray and Serve starting, the controller, a death "
                   "noticed); `process`: the worker and this project's imports; `ready`: the "
                   "replica answering its warm-up, from launch or kill.", "",
-                  "| variant | before process | process | waiting | vLLM import | engine | "
+                  "| variant | before process | process | vLLM import | waiting | engine | "
                   "warm-up | ready |", "|---|---|---|---|---|---|---|---|"]
         for v in variants:
             starts = [s for r in runs if r["variant"] == v

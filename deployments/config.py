@@ -352,9 +352,12 @@ class GraphConfig(Strict):
         default_factory=lambda: [LLMConfig(name="llm")], min_length=1
     )
     tier_load_order: Literal["in_turn", "side_by_side"] = Field(
-        "side_by_side", description="CPU hosts: the tiers' engines load all at once, or one after "
-        "another (in_turn: the first tier answers 4-6 s sooner, the graph is whole 9-12 s later: "
-        "benchmarks/results/recovery.md); on a GPU each loads at once on its own share"
+        "side_by_side", description="CPU hosts: the tiers' engines load all at once, or in_turn: "
+        "each tier imports vLLM at once and starts its engine when the earlier tiers' engines "
+        "answer (first answer 28.5 against 31.5 s from launch, answering again after losing "
+        "every replica 21.2 against 26.2 s, whole again 32.3 against 26.5 s: "
+        "benchmarks/results/recovery_engines_in_turn.md); on a GPU each loads at once on its own "
+        "share"
     )
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)

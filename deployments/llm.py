@@ -26,7 +26,7 @@ from deployments import memory, metrics, reaper
 from deployments.config import LLMConfig, assigned
 from deployments.failures import engine_error
 from deployments.heartbeat import Heartbeat
-from deployments.load_order import loading_alone_on_gpu, loading_in_turn
+from deployments.load_order import TurnWait, loading_alone_on_gpu, loading_in_turn
 from deployments.models import chat_token_ids, llm_folder
 from deployments.protocol import (
     BadRequest,
@@ -234,8 +234,9 @@ class LLMDeployment:
         import torch
 
         # Where this replica's start went, in seconds (`info`: start_phases_s): the process until
-        # this constructor ran (Ray's worker, this module's imports), waiting for its turn, vLLM's
-        # import, the engine (its core process, weights, KV cache), the warm-up answer.
+        # this constructor ran (Ray's worker, this module's imports), vLLM's import, waiting (for a
+        # shared GPU before it, for the earlier tiers' engines after it), the engine (its core
+        # process, weights, KV cache), the warm-up answer.
         self.start_phases = {"process": round(time.time() - psutil.Process().create_time(), 2)}
         self._lap_at = time.monotonic()
         self.config = config
@@ -252,10 +253,12 @@ class LLMDeployment:
         if has_cuda or load_turn is None:  # a GPU of its own, or told to: load at once
             await self._load(config, folder, has_cuda)
             return
-        async with loading_in_turn(load_turn, serve.get_replica_context().app_name):
-            await self._load(config, folder, has_cuda)
+        async with loading_in_turn(load_turn, serve.get_replica_context().app_name) as my_turn:
+            await self._load(config, folder, has_cuda, my_turn)
 
-    async def _load(self, config: LLMConfig, folder: Path, has_cuda: bool) -> None:
+    async def _load(self, config: LLMConfig, folder: Path, has_cuda: bool,
+                    my_turn: TurnWait | None = None) -> None:
+        """`my_turn`: awaited between vLLM's import and the engine (load_order.py)."""
         import torch
 
         started = time.monotonic()
@@ -270,6 +273,9 @@ class LLMDeployment:
         from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
         self._lap("vllm_import")
+        if my_turn is not None:
+            await my_turn()
+            self._lap("waiting", add=True)
 
         dtype = engine_dtype(config.dtype, has_cuda, torch.cpu._is_avx512_bf16_supported())
         self.memory = preflight(config, folder, dtype, self.resources["GPU"] if has_cuda else None)
@@ -298,10 +304,11 @@ class LLMDeployment:
                  folder, self.load_seconds, self.memory["weights_bytes_read"] / 1e9, self.dtype,
                  self.memory["estimate_gib"], self.memory["available_gib"])
 
-    def _lap(self, phase: str) -> None:
-        """`start_phases[phase]`: the seconds since the previous phase ended."""
+    def _lap(self, phase: str, add: bool = False) -> None:
+        """`start_phases[phase]`: the seconds since the previous phase ended (`add`: added to it)."""
         now = time.monotonic()
-        self.start_phases[phase], self._lap_at = round(now - self._lap_at, 2), now
+        earlier = self.start_phases.get(phase, 0.0) if add else 0.0
+        self.start_phases[phase], self._lap_at = round(earlier + now - self._lap_at, 2), now
 
     # -- requests ---------------------------------------------------------------------------
 

@@ -1,10 +1,14 @@
-"""`tier_load_order: in_turn`: the engines of one app on one CPU host load one after another;
+"""`tier_load_order: in_turn`: the engines of one app on one CPU host start one after another;
 and on a GPU shared by several engines (fractional `num_gpus`), one engine loads at a time.
 
-Each turn holds an flock in /tmp while it loads and waits for the earlier turns' locks on this
-host, so the first tier does not share the cores while it loads; engines on other hosts have cores
-of their own and do not wait. A turn whose predecessors have not started yet simply goes first.
-Side by side is the default: benchmarks/results/recovery.md compares the two.
+On a CPU host a replica's start is vLLM's import (one thread: two of them side by side use both
+cores well), then the engine (weights, KV cache, the warm-up answer: OpenMP threads on every core,
+which two engines at once slow down more than twice: benchmarks/results/startup.md, "two engines
+at once"). So each turn imports at once and starts its engine when the earlier turns' engines
+are up. A turn holds an flock in /tmp from its replica's start to its warm-up answer, and waits
+for the earlier turns' locks on this host; engines on other hosts have cores of their own and do
+not wait. A turn whose predecessors have not started yet simply goes first.
+benchmarks/results/recovery.md compares the two orders.
 """
 
 from __future__ import annotations
@@ -13,26 +17,35 @@ import asyncio
 import contextlib
 import fcntl
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 
 @contextlib.asynccontextmanager
 async def loading_in_turn(turn: int, app: str):
+    """Held from the replica's start until its engine answers; yields `earlier_turns_done`, to
+    await once vLLM is imported, before the engine starts."""
     folder = Path(tempfile.gettempdir()) / f"graphserve-load-{app}"
     folder.mkdir(exist_ok=True)
     mine = open(folder / f"{turn}.lock", "w")
-    try:
-        await asyncio.to_thread(fcntl.flock, mine, fcntl.LOCK_EX)
+
+    async def earlier_turns_done() -> None:
         for earlier in range(turn):
             path = folder / f"{earlier}.lock"
             if path.exists():
                 with open(path) as held:
                     await asyncio.to_thread(fcntl.flock, held, fcntl.LOCK_SH)
-        yield
+
+    try:
+        await asyncio.to_thread(fcntl.flock, mine, fcntl.LOCK_EX)
+        yield earlier_turns_done
     finally:
         # Unlocked explicitly: an engine core forked meanwhile holds a copy of this file.
         fcntl.flock(mine, fcntl.LOCK_UN)
         mine.close()
+
+
+TurnWait = Callable[[], Awaitable[None]]
 
 
 @contextlib.asynccontextmanager

@@ -164,6 +164,7 @@ def test_time_to_serve_reads_each_replicas_start_back_from_its_health_and_tables
              "cold_replicas": starts, "recovery_replicas": starts, "recovery_answering_s": 24.0,
              "recovery_healthy_s": 25.0, "load_statuses": {"200": 70, "500": 2}}
     table = recovery.markdown([peer, graph, {**graph, "cold_first_answer_s": None}])
-    assert "| graph, `engine_core_start: fork` | 26.0, – (**26.0**) | 27.0, 27.0 (**27.0**) | 1.3 |" in table
-    assert "| fork | 7.0 | 3.0 | 0.0 | 9.0 | 4.0 | 2.0 | 25.0 |" in table
+    assert ("| graph, `engine_core_start: fork, tier_load_order: side_by_side` | 26.0, – (**26.0**) "
+            "| 27.0, 27.0 (**27.0**) | 1.3 |") in table
+    assert "| fork | 7.0 | 3.0 | 9.0 | 0.0 | 4.0 | 2.0 | 25.0 |" in table
     assert "| fork | 24.0, 24.0 (**24.0**) | 25.0, 25.0 (**25.0**) | 140 × 200, 4 × 500 |" in table

@@ -1,4 +1,5 @@
-"""Engines of one app on one host load in turn: a later turn waits for every earlier one."""
+"""Engines of one app on one host start in turn: a later turn imports at once and starts its engine
+when every earlier one has."""
 
 import asyncio
 import uuid
@@ -6,15 +7,18 @@ import uuid
 from deployments.load_order import loading_alone_on_gpu, loading_in_turn
 
 
-def test_a_later_turn_waits_for_the_earlier_one_and_a_first_turn_does_not_wait():
+def test_a_later_turn_imports_at_once_and_starts_its_engine_after_the_earlier_one():
     app = f"test-{uuid.uuid4().hex[:8]}"
     order = []
 
     async def load(turn, seconds):
-        async with loading_in_turn(turn, app):
-            order.append(f"start {turn}")
+        async with loading_in_turn(turn, app) as earlier_turns_done:
+            order.append(f"import {turn}")
+            await asyncio.sleep(0.1)
+            await earlier_turns_done()
+            order.append(f"engine {turn}")
             await asyncio.sleep(seconds)
-            order.append(f"end {turn}")
+            order.append(f"ready {turn}")
 
     async def scenario():
         first = asyncio.ensure_future(load(0, 0.3))
@@ -22,11 +26,12 @@ def test_a_later_turn_waits_for_the_earlier_one_and_a_first_turn_does_not_wait()
         await asyncio.gather(first, load(1, 0))
 
     asyncio.run(scenario())
-    assert order == ["start 0", "end 0", "start 1", "end 1"]
+    assert order == ["import 0", "import 1", "engine 0", "ready 0", "engine 1", "ready 1"]
     alone = f"test-{uuid.uuid4().hex[:8]}"  # no earlier turn ever started: go at once
 
     async def late():
-        async with loading_in_turn(2, alone):
+        async with loading_in_turn(2, alone) as earlier_turns_done:
+            await earlier_turns_done()
             return "loaded"
 
     assert asyncio.run(asyncio.wait_for(late(), 5)) == "loaded"
@@ -65,7 +70,8 @@ def test_a_turn_ends_when_its_loader_does_even_with_a_forked_child_alive():
             child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,))
             child.start()
         try:
-            async with loading_in_turn(1, app):
+            async with loading_in_turn(1, app) as earlier_turns_done:
+                await earlier_turns_done()
                 return "next turn"
         finally:
             child.kill()
