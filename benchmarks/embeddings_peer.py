@@ -2,7 +2,10 @@
 
 Both serve the same packaged MiniLM folder on the same cores, one at a time (no other Ray on the
 host: `make stop` first). Each is measured on one sentence per request at c=1 (p50, p95) and c=32
-(sentences/s), and 32 sentences per request at c=4; every request's status is counted. Before the
+(sentences/s), and 32 sentences per request at c=4; every request's status is counted. Two load
+generators, one after the other on each server: this process's Python client (httpx, a fixed
+number of requests), which takes a core's third at c=32 from the two the server runs on, and wrk
+(C, 10 s per scenario, `benchmarks.load.wrk_embed_level`), which takes next to none. Before the
 servers: the embedder's encoder in this process (deployments/encoder.py, each backend, the graph's
 thread count), one sentence per call and 32: what the graph's HTTP path is measured against.
 
@@ -47,6 +50,12 @@ async def measure(url: str, model: str) -> dict:
     return out
 
 
+def measure_wrk(url: str, model: str) -> dict:
+    load.wrk_embed_level(url, model, 32, 1, seconds=3)  # warm the path and the model
+    return {name: load.wrk_embed_level(url, model, concurrency, per_request)
+            for name, per_request, concurrency, _ in SCENARIOS}
+
+
 def in_process(config: EmbedderConfig, seconds: float = 5.0) -> dict:
     """Sentences/s of the encoder alone, per backend, at the graph's embedder config (threads)."""
     out = {}
@@ -78,7 +87,9 @@ def scenario_table(first: str, runs: list[tuple[str, dict]]) -> list[str]:
 
 
 def markdown(results: dict) -> str:
-    lines = scenario_table("server", list(results["servers"].items()))
+    lines = scenario_table("server, Python client", list(results["servers"].items()))
+    if results.get("servers_wrk"):
+        lines += [""] + scenario_table("server, wrk", list(results["servers_wrk"].items()))
     lines += ["", "| ratio (graph / Infinity unless named) | value |", "|---|---|"]
     for name, value in results["ratios"].items():
         lines.append(f"| {name} | {value} |")
@@ -107,6 +118,7 @@ def main() -> None:
         {**graph_args(), "embedder": {**graph_args()["embedder"], **embedder}}).embedder
     model = config.model_id
     results = {"machine": {"cpu": platform.processor() or platform.machine()}, "servers": {},
+               "servers_wrk": {},
                "cold_start_s": {}, "embedder": embedder, "serve_env": serve_env,
                "in_process": in_process(config)}
     print("in-process", json.dumps(results["in_process"]))
@@ -117,21 +129,26 @@ def main() -> None:
         results["cold_start_s"][name] = round(server.start(), 1)
         try:
             results["servers"][name] = asyncio.run(measure(server.base + path, model))
+            results["servers_wrk"][name] = measure_wrk(server.base + path, model)
         finally:
             server.stop()
-        print(name, json.dumps(results["servers"][name]))
-    graph, infinity = results["servers"]["graph"], results["servers"]["infinity"]
+        print(name, json.dumps(results["servers"][name]), json.dumps(results["servers_wrk"][name]))
     backend = "onnx" if config.backend == "auto" else config.backend  # auto on a CPU in float32
-    results["ratios"] = {
-        "1 sentence, c=32, sentences/s": round(graph["1 sentence, c=32"]["sentences_per_s"]
-                                               / infinity["1 sentence, c=32"]["sentences_per_s"], 3),
-        "32 sentences, c=4, sentences/s": round(graph["32 sentences, c=4"]["sentences_per_s"]
-                                                / infinity["32 sentences, c=4"]["sentences_per_s"], 3),
-        "1 sentence, c=1, p50 difference (ms)": round(graph["1 sentence, c=1"]["p50_ms"]
-                                                      - infinity["1 sentence, c=1"]["p50_ms"], 1),
-        "graph 1 sentence c=32 / in-process 32 per call (same backend)": round(
-            graph["1 sentence, c=32"]["sentences_per_s"]
-            / results["in_process"][f"{backend}, 32 per call"], 3)}
+    results["ratios"] = {}
+    for client, key in (("Python client", "servers"), ("wrk", "servers_wrk")):
+        graph, infinity = results[key]["graph"], results[key]["infinity"]
+        results["ratios"].update({
+            f"1 sentence, c=32, sentences/s ({client})": round(
+                graph["1 sentence, c=32"]["sentences_per_s"]
+                / infinity["1 sentence, c=32"]["sentences_per_s"], 3),
+            f"32 sentences, c=4, sentences/s ({client})": round(
+                graph["32 sentences, c=4"]["sentences_per_s"]
+                / infinity["32 sentences, c=4"]["sentences_per_s"], 3),
+            f"1 sentence, c=1, p50 difference (ms) ({client})": round(
+                graph["1 sentence, c=1"]["p50_ms"] - infinity["1 sentence, c=1"]["p50_ms"], 1),
+            f"graph 1 sentence c=32 / in-process 32 per call (same backend) ({client})": round(
+                graph["1 sentence, c=32"]["sentences_per_s"]
+                / results["in_process"][f"{backend}, 32 per call"], 3)})
     (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=2))
     (args.out / f"{args.name}.md").write_text(markdown(results))
     print(markdown(results))

@@ -178,3 +178,66 @@ async def embed_level(client: httpx.AsyncClient, url: str, model: str, total: in
     return {"sentences_per_s": round(summary["tokens"] / wall, 2) if wall else 0.0,
             "requests": summary["requests"], "failed": summary["failed"],
             "p50_ms": summary["e2e_p50_ms"], "p95_ms": summary["e2e_p95_ms"]}
+
+
+# wrk (Debian's `wrk`): a C load generator, so the client takes next to nothing from the cores it
+# shares with the server. Every response is classified in Lua as it arrives: a 200 that carries
+# embeddings, or its status; socket errors are counted apart. Printed as one JSON line at the end.
+WRK_SCRIPT = r"""
+local bodies = {%(bodies)s}
+local i = 0
+counts = {}
+request = function()
+  i = i + 1
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, bodies[(i %% #bodies) + 1])
+end
+response = function(status, headers, body)
+  local key = tostring(status)
+  if status == 200 and not string.find(body, '"embedding"', 1, true) then key = "200 without embeddings" end
+  counts[key] = (counts[key] or 0) + 1
+end
+local threads = {}
+setup = function(thread) table.insert(threads, thread) end
+done = function(summary, latency, requests)
+  local parts = {}
+  for _, thread in ipairs(threads) do
+    for key, n in pairs(thread:get("counts")) do table.insert(parts, string.format('"%%s": %%d', key, n)) end
+  end
+  local e = summary.errors
+  io.write(string.format('WRK {"seconds": %%f, "statuses": {%%s}, "errors": {"connect": %%d, "read": %%d, "write": %%d, "timeout": %%d}, "p50_ms": %%f, "p95_ms": %%f}\n',
+    summary.duration / 1e6, table.concat(parts, ", "), e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50) / 1e3, latency:percentile(95) / 1e3))
+end
+"""
+
+
+def wrk_embed_level(url: str, model: str, concurrency: int, per_request: int = 1,
+                    seconds: float = 10) -> dict:
+    """Embedding requests of `per_request` sentences each, `concurrency` connections for
+    `seconds`, driven by wrk: sentences/s of the answers that carried embeddings, every other
+    response and socket error counted as failed (requests still open at the end are not counted)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed (Debian: apt-get install wrk)")
+    bodies = [json.dumps({"model": model, "input": [SENTENCES[(i * per_request + j) % len(SENTENCES)]
+                                                    for j in range(per_request)]})
+              for i in range(len(SENTENCES))]
+    script = WRK_SCRIPT % {"bodies": ", ".join(f"[==[{b}]==]" for b in bodies)}
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as f:
+        f.write(script)
+        f.flush()
+        out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "60s",
+                              "-s", f.name, url], capture_output=True, text=True, timeout=seconds + 90)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("WRK ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no summary: {out.stdout[-2000:]} {out.stderr[-2000:]}")
+    result = json.loads(line[4:])
+    ok = result["statuses"].get("200", 0)
+    failed = sum(n for k, n in result["statuses"].items() if k != "200") + sum(result["errors"].values())
+    return {"sentences_per_s": round(ok * per_request / result["seconds"], 2),
+            "requests": ok + failed, "failed": failed,
+            "p50_ms": round(result["p50_ms"], 1), "p95_ms": round(result["p95_ms"], 1),
+            "statuses": result["statuses"], "socket_errors": result["errors"]}

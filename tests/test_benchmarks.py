@@ -5,6 +5,12 @@ asserted in `make test`.
 """
 
 import asyncio
+import json
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
 
 from benchmarks import load, report
 
@@ -168,3 +174,40 @@ def test_time_to_serve_reads_each_replicas_start_back_from_its_health_and_tables
             "| 27.0, 27.0 (**27.0**) | 1.3 |") in table
     assert "| fork | 7.0 | 3.0 | 9.0 | 0.0 | 4.0 | 2.0 | 25.0 |" in table
     assert "| fork | 24.0, 24.0 (**24.0**) | 25.0, 25.0 (**25.0**) | 140 × 200, 4 × 500 |" in table
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (.ci/run installs it)")
+def test_wrk_counts_every_response_and_only_answers_with_embeddings_as_served():
+    """A server that answers every 4th request 503 and every 5th a 200 without embeddings: both
+    are failures, the rest are counted sentences."""
+    seen = {"n": 0}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            texts = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["input"]
+            seen["n"] += 1
+            status = 503 if seen["n"] % 4 == 0 else 200
+            body = {"data": [{"embedding": [0.5]} for _ in texts]} if seen["n"] % 5 else {"data": []}
+            raw = json.dumps(body if status == 200 else {"error": {}}).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        r = load.wrk_embed_level(f"http://127.0.0.1:{server.server_port}/v1/embeddings", "m",
+                                 concurrency=2, per_request=3, seconds=1)
+    finally:
+        server.shutdown()
+    statuses = r["statuses"]
+    assert statuses["503"] > 0 and statuses["200 without embeddings"] > 0 and statuses["200"] > 0
+    assert r["failed"] == statuses["503"] + statuses["200 without embeddings"]
+    assert r["requests"] == sum(statuses.values())
+    assert r["sentences_per_s"] > 0 and r["p50_ms"] <= r["p95_ms"]
