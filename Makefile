@@ -153,7 +153,7 @@ image:
 	@test -n "$(IMAGE)" || { echo "IMAGE=<registry>/graphserve:<tag> is required"; exit 1; }
 	docker build -f cluster/Dockerfile -t $(IMAGE) .
 
-# /v1/embeddings against Infinity on the same MiniLM (~3 min): INFINITY is its `infinity_emb`,
+# /v1/embeddings against Infinity on the same MiniLM (~7 min; needs Debian's wrk): INFINITY is its `infinity_emb`,
 # from a venv of its own (python3.11 -m venv ~/infinity && ~/infinity/bin/pip install "infinity-emb[server,torch]").
 bench-embeddings: setup
 	@test -n "$(INFINITY)" || { echo "INFINITY=<path to infinity_emb> is required"; exit 1; }
