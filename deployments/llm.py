@@ -290,8 +290,8 @@ class LLMDeployment:
         self.tokenizer = self.engine.tokenizer
         self.heartbeat = Heartbeat(self.engine, config.name, config.model_id)
         self.dtype = str(self.engine.model_config.dtype).removeprefix("torch.")
-        # The first request through a fresh engine pays its lazy setup (~10 s here): pay it now,
-        # before Serve marks the replica ready.
+        # The first request through a fresh engine pays its lazy setup (0.15-0.3 s here with
+        # torch.compile off, see EAGER_ENGINE_ENV): pay it now, before Serve marks it ready.
         warmup = GenerationRequest(request_id=f"warmup-{os.getpid()}", prompt="Hello",
                                    sampling=Sampling(max_tokens=2, temperature=0), samples=2)
         await self.generate(warmup)
