@@ -167,13 +167,16 @@ async def chat_level(client: httpx.AsyncClient, url: str, model: str, max_tokens
     return summarize(samples, wall), samples
 
 
+def request_texts(i: int, per_request: int) -> list[str]:
+    """The sentences of the `i`-th embeddings request: SENTENCES in turn, the same for every peer."""
+    return [SENTENCES[(i * per_request + j) % len(SENTENCES)] for j in range(per_request)]
+
+
 async def embed_level(client: httpx.AsyncClient, url: str, model: str, total: int,
                       concurrency: int, per_request: int = 1) -> dict:
     """`total` embedding requests of `per_request` sentences each, `concurrency` at a time."""
     samples, wall = await run_concurrent(
-        lambda i: embed_http(client, url, model, [SENTENCES[(i * per_request + j) % len(SENTENCES)]
-                                                  for j in range(per_request)]),
-        total, concurrency)
+        lambda i: embed_http(client, url, model, request_texts(i, per_request)), total, concurrency)
     summary = summarize(samples, wall)  # a sample's tokens: its sentences, when answered
     return {"sentences_per_s": round(summary["tokens"] / wall, 2) if wall else 0.0,
             "requests": summary["requests"], "failed": summary["failed"],
@@ -222,8 +225,7 @@ def wrk_embed_level(url: str, model: str, concurrency: int, per_request: int = 1
 
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed (Debian: apt-get install wrk)")
-    bodies = [json.dumps({"model": model, "input": [SENTENCES[(i * per_request + j) % len(SENTENCES)]
-                                                    for j in range(per_request)]})
+    bodies = [json.dumps({"model": model, "input": request_texts(i, per_request)})
               for i in range(len(SENTENCES))]
     script = WRK_SCRIPT % {"bodies": ", ".join(f"[==[{b}]==]" for b in bodies)}
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as f:

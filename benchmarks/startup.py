@@ -47,7 +47,7 @@ def mark(name):
     print("PHASE " + json.dumps({name: round(time.monotonic() - t0, 2)}), flush=True)
 import torch
 mark("torch imported")
-from vllm.v1.engine.async_llm import AsyncLLM
+import vllm.v1.engine.async_llm
 mark("vllm imported")
 from benchmarks.peers import fast_tier
 from deployments.llm import engine_args, engine_dtype, llm_folder, start_engine
@@ -151,10 +151,13 @@ def vllm_serve_first_answer() -> float:
 def markdown(result: dict) -> str:
     phases = ["torch imported", "vllm imported", "engine ready", "warm-up answered",
               "decode tok/s"]
-    for runs in result["runs"].values():  # the warm-up: the first request with logprobs
-        for run in runs:
-            run["warm-up (logprobs)"] = round(run["warm-up answered"] - run["engine ready"], 2)
     phases.insert(4, "warm-up (logprobs)")
+
+    def cell(run: dict, field: str):
+        if field == "warm-up (logprobs)":  # the first request with logprobs
+            return round(run["warm-up answered"] - run["engine ready"], 2)
+        return run.get(field, "–")
+
     inner = list(VLLM_PHASES)
     lines = ["# Where an LLM replica's start goes (`python -m benchmarks.startup`)", "",
              f"{result['host']}; seconds since the process started (vLLM's own figures: "
@@ -167,9 +170,9 @@ def markdown(result: dict) -> str:
         name = labels[key]
         for i, run in enumerate(runs):
             lines.append(f"| {name}{f' #{i + 1}' if len(runs) > 1 else ''} | " + " | ".join(
-                str(run.get(p, "–")) for p in phases + inner) + " |")
+                str(cell(run, p)) for p in phases + inner) + " |")
     def median(key: str, field: str) -> float:
-        return statistics.median(run[field] for run in result["runs"][key])
+        return statistics.median(cell(run, field) for run in result["runs"][key])
 
     ready, ready_default = median("one", "warm-up answered"), median("one_worker_process", "warm-up answered")
     decode, decode_default = median("one", "decode tok/s"), median("one_worker_process", "decode tok/s")
