@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import platform
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -64,27 +65,39 @@ def role(proc: psutil.Process, titles: dict[int, str]) -> str | None:
         for parent in proc.parents():
             owner = titles.get(parent.pid, "")
             if owner.startswith("ray::ServeReplica:"):
-                return f"engine ({owner.rsplit(':', 1)[-1].strip()})"
+                return f"engine ({deployment(owner)})"
             if "vllm.entrypoints" in owner:
                 return "engine"
         return "engine"
     if title.startswith("ray::ServeReplica:"):
-        return f"replica {title.rsplit(':', 1)[-1].strip()}"
+        return f"replica {deployment(title)}"
     if title.startswith("ray::ProxyActor"):
         return "Serve proxy"
-    if "haproxy" in title.split(" ")[0]:
+    if "haproxy" in title.split(" ")[0] or title.startswith("ray::HAProxyManager"):
         return "HAProxy"
     if title.startswith("ray::ServeController"):
         return "Serve controller"
     if "vllm.entrypoints" in title:
         return "vLLM API server"
+    # The dashboard's head and its modules' processes (a forkserver's children).
+    if "dashboard" in title or any("dashboard" in titles.get(p.pid, "") for p in proc.parents()):
+        return "Ray dashboard"
+    if title.startswith(("ray::IDLE", "ray::build")) or "default_worker.py" in title:
+        return "Ray workers (idle, apps' build)"
     if "ray" in title or "serve run" in title:
         return "Ray daemons and driver"
     return None
 
 
-def cpu_snapshot() -> dict[int, tuple[str, float]]:
-    """CPU seconds (user + system) of every process of a server on this host, by pid."""
+def deployment(title: str) -> str:
+    """The deployment of a replica's title: `ray::ServeReplica:app:name`, and while a call runs
+    `...:name.method`."""
+    return title.rsplit(":", 1)[-1].strip().split(".")[0]
+
+
+def cpu_snapshot(other: str | None = None) -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) of every process of a server on this host, by pid; `other`:
+    the role of the processes `role` does not know (None: left out)."""
     me = os.getpid()
     procs = {p.pid: p for p in psutil.process_iter() if p.pid != me}
     titles = {}
@@ -96,7 +109,7 @@ def cpu_snapshot() -> dict[int, tuple[str, float]]:
     out = {}
     for pid, p in procs.items():
         try:
-            name = role(p, titles)
+            name = role(p, titles) or other
             if name is not None:
                 t = p.cpu_times()
                 out[pid] = (name, t.user + t.system)
@@ -114,6 +127,40 @@ def cpu_ms_per_request(before: dict, after: dict, requests: int) -> dict[str, fl
     table = {k: round(v * 1000 / requests, 2) for k, v in sorted(spent.items())}
     table["total"] = round(sum(spent.values()) * 1000 / requests, 2)
     return table
+
+
+class StartCpu:
+    """CPU seconds by role of the processes started after it, sampled every `interval_s` in a
+    thread until `stop()`: where a cold start's CPU went. A process that ends between samples
+    (Serve's build tasks) loses at most its last interval."""
+
+    def __init__(self, interval_s: float = 1.0):
+        self.before = {p.pid for p in psutil.process_iter()}
+        self.seen: dict[int, tuple[str, float]] = {}
+        self.interval_s, self._done = interval_s, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample_once(self) -> None:
+        self.seen.update((pid, spent) for pid, spent in cpu_snapshot("other processes").items()
+                         if pid not in self.before)
+
+    def _sample(self) -> None:
+        while True:
+            self._sample_once()
+            if self._done.wait(self.interval_s):
+                return
+
+    def stop(self) -> dict[str, float]:
+        self._done.set()
+        self._thread.join()
+        self._sample_once()
+        spent: dict[str, float] = defaultdict(float)
+        for name, seconds in self.seen.values():
+            spent[name] += seconds
+        table = {k: round(v, 1) for k, v in sorted(spent.items())}
+        table["total"] = round(sum(spent.values()), 1)
+        return table
 
 
 # -- scenarios ------------------------------------------------------------------------------------

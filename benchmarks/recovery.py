@@ -6,15 +6,18 @@ settings (launch to its first chat answer), then the graph once per `--variants`
 run` of serve_config.yaml with that change, as a user starts it): launch to the first chat
 answer and to /health ok; each LLM replica's start from /health (`start_phases_s`: Ray's worker
 and this project's imports, its turn, vLLM's import, the engine, the warm-up answer; and the
-seconds before its process existed: Ray, Serve, the controller); then, under light load (2
-clients), every replica of every deployment killed at once: seconds until the graph answers
-again and until every deployment is healthy on new replicas, with the new replicas' phases.
+seconds before its process existed: Ray, Serve, the controller); the CPU seconds every process
+each server started spent until its first answer (the host's cores are what the engines, Ray and
+Serve share); then, under light load (2 clients), every replica of every deployment killed at
+once: seconds until the graph answers again and until every deployment is healthy on new
+replicas, with the new replicas' phases.
 Writes benchmarks/results/recovery.{json,md} (`--name`: another file name).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import threading
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.overhead import first_answer
+from benchmarks.overhead import StartCpu, first_answer
 from benchmarks.peers import GraphServer, VLLMServer
 from benchmarks.report import write_results
 
@@ -126,9 +129,11 @@ def light_load(base: str, stop: threading.Event, codes: list[int]) -> None:
 def vllm_serve_run(port: int, log_dir: Path) -> dict:
     server = VLLMServer(port, log_dir)
     try:
+        cpu = StartCpu()
         health_s = server.start()
+        first_s = first_answer(server, HI["model"])
         return {"variant": "vllm serve", "cold_healthy_s": round(health_s, 1),
-                "cold_first_answer_s": round(first_answer(server, HI["model"]), 1)}
+                "cold_first_answer_s": round(first_s, 1), "cold_cpu_s": cpu.stop()}
     finally:
         server.stop()
 
@@ -140,16 +145,16 @@ def graph_run(variant: str, port: int, log_dir: Path) -> dict:
     server = GraphServer(port, log_dir, name=f"graph-{variant}", tiers=tiers, args=args, env=env)
     out: dict = {"variant": variant}
     try:
-        launched_wall = time.time()
+        launched_wall, cpu = time.time(), StartCpu()
         server.launch()
         launched = server.launched_at
         first: dict = {}
         poller = threading.Thread(target=lambda: first.update(s=until(
-            lambda: answers(server.base), 300, launched)))
+            lambda: answers(server.base), 300, launched), cpu=cpu.stop()))
         poller.start()
         out["cold_healthy_s"] = until(lambda: health(server.base) is not None, 300, launched)
         poller.join()
-        out["cold_first_answer_s"] = first["s"]
+        out["cold_first_answer_s"], out["cold_cpu_s"] = first["s"], first["cpu"]
         out["cold_replicas"] = replica_starts(health(server.base), launched_wall)
         ray.init(address="auto", log_to_driver=False)  # the Ray `serve run` started
         time.sleep(10)
@@ -215,6 +220,20 @@ def markdown(runs: list[dict]) -> str:
         lines.append(f"| graph, `{changed}` | "
                      f"{cell([r['cold_first_answer_s'] for r in mine])} | "
                      f"{cell([r['cold_healthy_s'] for r in mine])} | {ratio} |")
+    servers = ["vllm serve", *variants]
+    by_server = {v: [r for r in runs if r["variant"] == v and r.get("cold_cpu_s")]
+                 for v in servers}
+    roles = sorted({k for rs in by_server.values() for r in rs
+                    for k, v in r["cold_cpu_s"].items() if v}, key=lambda k: (k == "total", k))
+    lines += ["", "## Where the host's CPU went until the first answer (cold start)", "",
+              f"CPU seconds (user + system; medians over the runs) of every process the server "
+              f"started, from launch to its first chat answer, sampled each second (psutil); "
+              f"this host has {os.cpu_count()} cores.", "",
+              "| process | " + " | ".join(servers) + " |", "|---|" + "---|" * len(servers)]
+    for k in roles:
+        lines.append(f"| {k} | " + " | ".join(
+            str(median([r["cold_cpu_s"].get(k, 0.0) for r in by_server[v]]) or "–")
+            for v in servers) + " |")
     for when, title in (("cold", "cold start, from launch"),
                         ("recovery", "every replica killed, from the kill")):
         lines += ["", f"## Where an LLM replica's start went ({title})", "",

@@ -99,22 +99,55 @@ def test_overhead_accounting_names_each_process_and_divides_per_request():
 
     from benchmarks import overhead
 
-    replica = SimpleNamespace(pid=10, parents=lambda: [])
-    engine = SimpleNamespace(pid=11, parents=lambda: [replica])
+    def process(pid, *parents):
+        return SimpleNamespace(pid=pid, parents=lambda: list(parents))
+
+    replica, dashboard = process(10), process(15)
     titles = {10: "ray::ServeReplica:graphserve:fast", 11: "VLLM::EngineCore",
               12: "ray::ProxyActor", 13: "/x/raylet --raylet_socket_name=/tmp/ray/s",
-              14: "/usr/bin/python some_unrelated_script.py"}
+              14: "/usr/bin/python some_unrelated_script.py",
+              15: "/v/bin/python /v/ray/dashboard/dashboard.py --port=8265",
+              16: "/v/bin/python -B -c from multiprocessing.forkserver import main",
+              17: "ray::ServeReplica:graphserve:careful.initialize_and_get_metadata",
+              18: "ray::IDLE", 19: "ray::HAProxyManager"}
     assert overhead.role(replica, titles) == "replica fast"
-    assert overhead.role(engine, titles) == "engine (fast)"
-    assert overhead.role(SimpleNamespace(pid=12), titles) == "Serve proxy"
-    assert overhead.role(SimpleNamespace(pid=13), titles) == "Ray daemons and driver"
-    assert overhead.role(SimpleNamespace(pid=14), titles) is None
+    assert overhead.role(process(11, replica), titles) == "engine (fast)"
+    assert overhead.role(process(12), titles) == "Serve proxy"
+    assert overhead.role(process(13), titles) == "Ray daemons and driver"
+    assert overhead.role(process(14), titles) is None
+    assert overhead.role(process(16, dashboard), titles) == "Ray dashboard"
+    assert overhead.role(process(17), titles) == "replica careful"  # while a call runs in it
+    assert overhead.role(process(18), titles) == "Ray workers (idle, apps' build)"
+    assert overhead.role(process(19), titles) == "HAProxy"
 
     before = {10: ("replica fast", 1.0), 11: ("engine (fast)", 5.0)}
     after = {10: ("replica fast", 1.5), 11: ("engine (fast)", 9.0), 99: ("Serve proxy", 3.0)}
     table = overhead.cpu_ms_per_request(before, after, requests=10)
     # A process seen only at one end is left out: its CPU before the run is not the run's.
     assert table == {"engine (fast)": 400.0, "replica fast": 50.0, "total": 450.0}
+
+
+def test_start_cpu_counts_the_processes_started_after_it_and_no_others():
+    import subprocess
+    import sys
+
+    from benchmarks import overhead
+
+    earlier = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    meter = overhead.StartCpu(interval_s=0.1)
+    burn = ("import time\nwhile time.process_time() < 0.6: pass\nprint('done', flush=True)\n"
+            "time.sleep(30)")
+    busy = subprocess.Popen([sys.executable, "-c", burn], stdout=subprocess.PIPE, text=True)
+    try:
+        assert busy.stdout.readline().strip() == "done"
+        table = meter.stop()
+    finally:
+        for p in (earlier, busy):
+            p.kill()
+            p.wait()
+    assert 0.6 <= table["other processes"] < 5  # the busy child's 0.6 s, nothing of `earlier`'s
+    assert table["total"] >= table["other processes"]
+    assert earlier.pid not in meter.seen and busy.pid in meter.seen
 
 
 def test_overhead_ratios_compare_each_data_path_with_the_peers_of_the_same_run():
@@ -165,11 +198,21 @@ def test_time_to_serve_reads_each_replicas_start_back_from_its_health_and_tables
     # Launched 35 s ago, up for 10 s after 18 s of start: its process began 7 s after launch.
     starts = recovery.replica_starts(body, since_wall=time.time() - 35)
     assert starts["fast"]["before_process"] == 7.0 and starts["fast"]["ready"] == 25.0
-    peer = {"variant": "vllm serve", "cold_first_answer_s": 20.0, "cold_healthy_s": 19.5}
+    peer = {"variant": "vllm serve", "cold_first_answer_s": 20.0, "cold_healthy_s": 19.5,
+            "cold_cpu_s": {"engine": 11.8, "vLLM API server": 9.7, "other processes": 0.0,
+                           "total": 21.5}}
     graph = {"variant": "fork", "cold_first_answer_s": 26.0, "cold_healthy_s": 27.0,
+             "cold_cpu_s": {"replica fast": 10.0, "engine (fast)": 3.0, "total": 13.0},
              "cold_replicas": starts, "recovery_replicas": starts, "recovery_answering_s": 24.0,
              "recovery_healthy_s": 25.0, "load_statuses": {"200": 70, "500": 2}}
-    table = recovery.markdown([peer, graph, {**graph, "cold_first_answer_s": None}])
+    slower = {**graph, "cold_first_answer_s": None,
+              "cold_cpu_s": {"replica fast": 12.0, "engine (fast)": 5.0, "total": 17.0}}
+    table = recovery.markdown([peer, graph, slower])
+    # CPU by process, the median of each server's runs; a process a server lacks is a dash.
+    assert "| process | vllm serve | fork |" in table
+    assert "| engine (fast) | – | 4.0 |" in table and "| engine | 11.8 | – |" in table
+    assert table.index("| replica fast |") < table.index("| total | 21.5 | 15.0 |")
+    assert "| other processes |" not in table  # seen, but spent nothing
     assert ("| graph, `engine_core_start: fork, tier_load_order: side_by_side` | 26.0, – (**26.0**) "
             "| 27.0, 27.0 (**27.0**) | 1.3 |") in table
     assert "| fork | 7.0 | 3.0 | 9.0 | 0.0 | 4.0 | 2.0 | 25.0 |" in table
