@@ -8,6 +8,7 @@ number of requests), which takes a core's third at c=32 from the two the server 
 (C, 10 s per scenario, `benchmarks.load.wrk_embed_level`), which takes next to none. Before the
 servers: the embedder's encoder in this process (deployments/encoder.py, each backend, the graph's
 thread count), one sentence per call and 32: what the graph's HTTP path is measured against.
+Writes benchmarks/results/NAME.{json,md,png}.
 
     python -m benchmarks.embeddings_peer --infinity /path/to/venv/bin/infinity_emb
 
@@ -99,6 +100,38 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(results: dict, path: Path) -> None:
+    """Sentences/s and p50 of each scenario, each server under each load generator, beside the
+    encoder in this process (32 sentences per call): the figure RESULTS.md shows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [(f"{server}, {client}", scenarios)
+            for client, key in (("Python client", "servers"), ("wrk", "servers_wrk"))
+            for server, scenarios in results.get(key, {}).items()]
+    names = [name for name, *_ in SCENARIOS]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    width = 0.8 / len(runs)
+    for i, (label, scenarios) in enumerate(runs):
+        xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(names))]
+        axes[0].bar(xs, [scenarios[n]["sentences_per_s"] for n in names], width, label=label)
+        axes[1].bar(xs, [scenarios[n]["p50_ms"] for n in names], width, label=label)
+    best = max(v for k, v in results["in_process"].items() if k.endswith("32 per call"))
+    axes[0].axhline(best, color="black", linestyle="--", label="encoder in-process, 32 per call")
+    axes[0].set(ylabel="sentences / s", title="Throughput")
+    axes[1].set(ylabel="ms", title="p50 latency", yscale="log")
+    for ax in axes:
+        ax.set_xticks(range(len(names)), names)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"/v1/embeddings: the graph against Infinity ({path.stem})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--infinity", required=True, help="Infinity's `infinity_emb` script")
@@ -110,7 +143,12 @@ def main() -> None:
                         help="environment of the graph's Ray and `serve run` (Serve's data paths, "
                         "e.g. RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1)")
     parser.add_argument("--name", default="embeddings_peer", help="results file name")
+    parser.add_argument("--plot-only", action="store_true",
+                        help="draw NAME.png from the NAME.json of an earlier run, measure nothing")
     args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads((args.out / f"{args.name}.json").read_text()), args.out / f"{args.name}.png")
+        return
     embedder = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.embedder)}
     serve_env = dict(kv.split("=", 1) for kv in args.serve_env)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -151,6 +189,7 @@ def main() -> None:
                 / results["in_process"][f"{backend}, 32 per call"], 3)})
     (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=2))
     (args.out / f"{args.name}.md").write_text(markdown(results))
+    plot(results, args.out / f"{args.name}.png")
     print(markdown(results))
 
 

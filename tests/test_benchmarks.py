@@ -127,6 +127,20 @@ def test_overhead_accounting_names_each_process_and_divides_per_request():
     assert table == {"engine (fast)": 400.0, "replica fast": 50.0, "total": 450.0}
 
 
+def test_the_embeddings_peer_figure_draws_every_server_and_client(tmp_path):
+    from benchmarks import embeddings_peer
+
+    def scenarios(rate):
+        return {name: {"sentences_per_s": rate * (i + 1), "p50_ms": 10.0 * (i + 1)}
+                for i, (name, *_) in enumerate(embeddings_peer.SCENARIOS)}
+
+    results = {"servers": {"infinity": scenarios(50), "graph": scenarios(60)},
+               "servers_wrk": {"infinity": scenarios(55), "graph": scenarios(70)},
+               "in_process": {"onnx, 1 per call": 280.0, "onnx, 32 per call": 630.0}}
+    embeddings_peer.plot(results, tmp_path / "peer.png")
+    assert (tmp_path / "peer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_start_cpu_counts_the_processes_started_after_it_and_no_others():
     import subprocess
     import sys

@@ -5,7 +5,9 @@ Serve's generated config that matter (`option abortonclose`, `option splice-requ
 `http-reuse always`). Each try: one request answered at once, then one whose client gives up
 while the app waits; the app records whether it saw `http.disconnect`. Through cluster/haproxy
 every such client must be seen; the bundled binary started as Ray starts it is only counted
-(printed): HAProxy 2.8 mostly misses them there, which is why the wrapper exists.
+(printed): HAProxy 2.8 mostly misses them there, which is why the wrapper exists. And with no
+app behind it, HAProxy's own answer (the error file Ray's config names) is the OpenAI error body
+through the wrapper.
 """
 
 import asyncio
@@ -74,10 +76,15 @@ def app():
     thread.join(5)
 
 
-def haproxy(command: list[str], backend_port: int, tmp_path: Path):
-    """HAProxy on a free port in front of the app; returns (process, its URL)."""
+def haproxy(command: list[str], backend_port: int, tmp_path: Path, error_file: Path | None = None,
+            up=lambda response: response.status_code == 200):
+    """HAProxy on a free port in front of the app; returns (process, its URL). `error_file`:
+    HAProxy's own 502/503/504 answer, as Ray's config names it; `up`: the answer to /fast that
+    shows HAProxy is serving."""
     port = free_port()
     config = tmp_path / f"haproxy-{port}.cfg"
+    errors = "".join(f"    errorfile {status} {error_file}\n" for status in (502, 503, 504)
+                     if error_file)
     config.write_text(f"""global
     maxconn 1000
 defaults
@@ -89,7 +96,7 @@ defaults
     option splice-request
     option splice-response
     option http-no-delay
-frontend http
+{errors}frontend http
     bind 127.0.0.1:{port}
     default_backend app
 backend app
@@ -102,7 +109,7 @@ backend app
 
     def answers() -> bool:
         assert proc.poll() is None, proc.stderr.read().decode()  # it exited: say why
-        return httpx.post(f"{url}/fast", timeout=2).status_code == 200
+        return up(httpx.post(f"{url}/fast", timeout=8))  # no app: HAProxy retries ~3 s first
 
     wait_until(answers, 10, "HAProxy to answer", 0.1, retry_on=(httpx.TransportError,))
     return proc, url
@@ -135,6 +142,34 @@ def test_a_client_that_leaves_is_seen_through_the_wrapper(app, tmp_path, wrapped
           "that left were seen by the app")
     if wrapped:
         assert seen == TRIES
+
+
+# What Ray's HAProxyManager writes and names for 502, 503 and 504 alike (serve/_private/haproxy.py).
+RAY_ERROR_FILE = (b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n"
+                  b"Content-Length: 21\r\n\r\nInternal Server Error")
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["bundled", "cluster-haproxy"])
+def test_haproxy_s_own_error_answer_is_an_openai_error_through_the_wrapper(tmp_path, wrapped):
+    """No replica behind HAProxy (a port nothing listens on): HAProxy answers itself, from the
+    error file Ray's config names; through the wrapper that answer is the OpenAI error body."""
+    error_file = tmp_path / "500.http"
+    error_file.write_bytes(RAY_ERROR_FILE)
+    command = [str(WRAPPER)] if wrapped else [BUNDLED]
+    proc, url = haproxy(command, free_port(), tmp_path, error_file, up=lambda r: r.status_code)
+    try:
+        answer = httpx.post(f"{url}/v1/chat/completions", json=BODY, timeout=10)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert answer.status_code == 500  # Serve's own choice for 502/503/504, kept
+    if not wrapped:
+        assert answer.text == "Internal Server Error"  # why the wrapper rewrites it
+        return
+    assert answer.headers["content-type"] == "application/json"
+    error = answer.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "server_error"
+    assert "replica" in error["message"]
 
 
 def test_the_wrapper_refuses_a_parent_without_ray():
