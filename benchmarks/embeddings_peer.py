@@ -39,6 +39,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # (name, sentences per request, concurrency, requests)
 SCENARIOS = [("1 sentence, c=1", 1, 1, 64), ("1 sentence, c=32", 1, 32, 512),
              ("32 sentences, c=4", 32, 4, 64)]
+# (load generator, its results' key): each server is measured under each, in this order
+CLIENTS = (("Python client", "servers"), ("wrk", "servers_wrk"))
 
 
 async def measure(url: str, model: str) -> dict:
@@ -88,9 +90,11 @@ def scenario_table(first: str, runs: list[tuple[str, dict]]) -> list[str]:
 
 
 def markdown(results: dict) -> str:
-    lines = scenario_table("server, Python client", list(results["servers"].items()))
-    if results.get("servers_wrk"):
-        lines += [""] + scenario_table("server, wrk", list(results["servers_wrk"].items()))
+    lines: list[str] = []
+    for client, key in CLIENTS:
+        if results.get(key):
+            lines += ([""] if lines else []) + scenario_table(f"server, {client}",
+                                                              list(results[key].items()))
     lines += ["", "| ratio (graph / Infinity unless named) | value |", "|---|---|"]
     for name, value in results["ratios"].items():
         lines.append(f"| {name} | {value} |")
@@ -109,7 +113,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     runs = [(f"{server}, {client}", scenarios)
-            for client, key in (("Python client", "servers"), ("wrk", "servers_wrk"))
+            for client, key in CLIENTS
             for server, scenarios in results.get(key, {}).items()]
     names = [name for name, *_ in SCENARIOS]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
@@ -173,7 +177,7 @@ def main() -> None:
         print(name, json.dumps(results["servers"][name]), json.dumps(results["servers_wrk"][name]))
     backend = "onnx" if config.backend == "auto" else config.backend  # auto on a CPU in float32
     results["ratios"] = {}
-    for client, key in (("Python client", "servers"), ("wrk", "servers_wrk")):
+    for client, key in CLIENTS:
         graph, infinity = results[key]["graph"], results[key]["infinity"]
         results["ratios"].update({
             f"1 sentence, c=32, sentences/s ({client})": round(

@@ -150,8 +150,7 @@ def vllm_serve_first_answer() -> float:
 
 def markdown(result: dict) -> str:
     phases = ["torch imported", "vllm imported", "engine ready", "warm-up answered",
-              "decode tok/s"]
-    phases.insert(4, "warm-up (logprobs)")
+              "warm-up (logprobs)", "decode tok/s"]
 
     def cell(run: dict, field: str):
         if field == "warm-up (logprobs)":  # the first request with logprobs
