@@ -6,18 +6,21 @@ settings (launch to its first chat answer), then the graph once per `--variants`
 run` of serve_config.yaml with that change, as a user starts it): launch to the first chat
 answer and to /health ok; each LLM replica's start from /health (`start_phases_s`: Ray's worker
 and this project's imports, its turn, vLLM's import, the engine, the warm-up answer; and the
-seconds before its process existed: Ray, Serve, the controller); the CPU seconds every process
-each server started spent until its first answer (the host's cores are what the engines, Ray and
-Serve share); then, under light load (2 clients), every replica of every deployment killed at
-once: seconds until the graph answers again and until every deployment is healthy on new
-replicas, with the new replicas' phases.
+seconds before its process existed: Ray, Serve, the controller), with Serve's own steps before
+it from the controller's log (the controller, the proxies, the applications' build); the CPU
+seconds every process each server started spent until its first answer (the host's cores are
+what the engines, Ray and Serve share); then, under light load (2 clients), every replica of
+every deployment killed at once: seconds until the graph answers again and until every
+deployment is healthy on new replicas, with the new replicas' phases.
 Writes benchmarks/results/recovery.{json,md} (`--name`: another file name).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
+import re
 import statistics
 import tempfile
 import threading
@@ -48,6 +51,17 @@ VARIANTS = {
                          {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "RAY_SERVE_ENABLE_HA_PROXY": "0"}),
 }
 PHASES = ("process", "vllm_import", "waiting", "engine", "warmup")
+# Serve's steps before an LLM replica's worker exists, as its controller logs them (Ray 2.60):
+# (name, the message's start, which occurrence)
+SERVE_STEPS = (
+    ("controller", "Controller starting", "first"),
+    # the controller deploys applications once every proxy (here HAProxy) is ready
+    ("proxies ready", "Deploying new app", "first"),
+    ("apps built", "Imported and built app", "last"),
+    ("LLM replicas asked for", "Starting Replica(", "first LLM"),
+)
+CONTROLLER_LINE = re.compile(
+    r"^\w+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\s+controller \d+ -- (.*)$")
 
 
 def answers(base: str) -> bool:
@@ -91,6 +105,31 @@ def replica_starts(body: dict | None, since_wall: float) -> dict[str, dict]:
         starts[tier] = {"before_process": round(created - since_wall, 1), **phases,
                         "ready": round(ready - since_wall, 1)}
     return starts
+
+
+def serve_steps(controller_log: str, since_wall: float) -> dict[str, float]:
+    """Seconds from `since_wall` to each of SERVE_STEPS in Serve controllers' logs (local time,
+    as Ray writes it); a step the log lacks is absent."""
+    seen: dict[str, float] = {}
+    for line in controller_log.splitlines():
+        match = CONTROLLER_LINE.match(line)
+        if not match:
+            continue
+        at = datetime.datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        at = round(at - since_wall, 1)
+        for name, start, which in SERVE_STEPS:
+            if not match[2].startswith(start) or (which == "first LLM" and not any(
+                    f"deployment='{tier}'" in match[2] for tier in TIERS)):
+                continue
+            earlier = seen.get(name, at)
+            seen[name] = max(earlier, at) if which == "last" else min(earlier, at)
+    return seen
+
+
+def controller_logs() -> str:
+    """The Serve controller logs of the Ray session started last on this host (`serve run`'s)."""
+    folder = Path(tempfile.gettempdir(), "ray", "session_latest", "logs", "serve")
+    return "\n".join(p.read_text(errors="replace") for p in folder.glob("controller_[0-9]*.log"))
 
 
 def replica_names() -> dict[str, list[str]]:
@@ -156,6 +195,7 @@ def graph_run(variant: str, port: int, log_dir: Path) -> dict:
         poller.join()
         out["cold_first_answer_s"], out["cold_cpu_s"] = first["s"], first["cpu"]
         out["cold_replicas"] = replica_starts(health(server.base), launched_wall)
+        out["cold_serve_steps"] = serve_steps(controller_logs(), launched_wall)
         ray.init(address="auto", log_to_driver=False)  # the Ray `serve run` started
         time.sleep(10)
         stop, codes = threading.Event(), []
@@ -234,6 +274,23 @@ def markdown(runs: list[dict]) -> str:
         lines.append(f"| {k} | " + " | ".join(
             str(median([r["cold_cpu_s"].get(k, 0.0) for r in by_server[v]]) or "–")
             for v in servers) + " |")
+    lines += ["", "## Before an LLM replica's worker started (cold start, from launch)", "",
+              "Medians over the runs, from the Serve controller's log: its start, every proxy "
+              "ready (it deploys the applications then), the applications built (their import "
+              "in a worker of their own), the LLM tiers' replicas asked of Ray; then, from "
+              "/health, their workers up (`before process`) and ready.", "",
+              "| variant | " + " | ".join(name for name, _, _ in SERVE_STEPS)
+              + " | LLM workers up | LLM replicas ready | first answer |",
+              "|---|" + "---|" * (len(SERVE_STEPS) + 3)]
+    for v in variants:
+        mine = [r for r in runs if r["variant"] == v]
+        starts = [s for r in mine for s in r.get("cold_replicas", {}).values()]
+        cells = [median([r.get("cold_serve_steps", {}).get(name) for r in mine])
+                 for name, _, _ in SERVE_STEPS]
+        cells += [median([s["before_process"] for s in starts]),
+                  median([s["ready"] for s in starts]),
+                  median([r["cold_first_answer_s"] for r in mine])]
+        lines.append(f"| {v} | " + " | ".join("–" if c is None else str(c) for c in cells) + " |")
     for when, title in (("cold", "cold start, from launch"),
                         ("recovery", "every replica killed, from the kill")):
         lines += ["", f"## Where an LLM replica's start went ({title})", "",

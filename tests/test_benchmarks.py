@@ -202,6 +202,7 @@ def test_off_topic_pairs_show_each_right_answer_under_another_question():
 
 
 def test_time_to_serve_reads_each_replicas_start_back_from_its_health_and_tables_it():
+    import datetime
     import time
 
     from benchmarks import recovery
@@ -215,9 +216,28 @@ def test_time_to_serve_reads_each_replicas_start_back_from_its_health_and_tables
     peer = {"variant": "vllm serve", "cold_first_answer_s": 20.0, "cold_healthy_s": 19.5,
             "cold_cpu_s": {"engine": 11.8, "vLLM API server": 9.7, "other processes": 0.0,
                            "total": 21.5}}
+    # Serve's steps from its controller's log: a step's first line (the last for the builds), the
+    # LLM tiers' replicas only, lines of other processes and without a timestamp skipped.
+    launched = datetime.datetime(2026, 12, 6, 2, 0, 0).timestamp()
+    log = "\n".join([
+        "INFO 2026-12-06 02:00:04,800 controller 11 -- Controller starting (version='2.60.0').",
+        "INFO 2026-12-06 02:00:06,400 controller 11 -- Deploying new app 'graphserve'.",
+        "INFO 2026-12-06 02:00:06,450 controller 11 -- Deploying new app 'embeddings'.",
+        "INFO 2026-12-06 02:00:08,300 controller 11 -- Imported and built app 'embeddings' ok.",
+        "INFO 2026-12-06 02:00:08,400 controller 11 -- Imported and built app 'graphserve' ok.",
+        "INFO 2026-12-06 02:00:08,390 controller 11 -- Starting Replica(id='a', "
+        "deployment='embedder', app='embeddings').",
+        "INFO 2026-12-06 02:00:08,600 controller 11 -- Starting Replica(id='b', "
+        "deployment='fast', app='graphserve').",
+        "INFO 2026-12-06 02:00:01,000 proxy 1.2.3.4 -- Deploying new app 'elsewhere'.",
+        "  Deploying new app 'a continuation line'",
+    ])
+    steps = recovery.serve_steps(log, launched)
+    assert steps == {"controller": 4.8, "proxies ready": 6.4, "apps built": 8.4,
+                     "LLM replicas asked for": 8.6}
     graph = {"variant": "fork", "cold_first_answer_s": 26.0, "cold_healthy_s": 27.0,
              "cold_cpu_s": {"replica fast": 10.0, "engine (fast)": 3.0, "total": 13.0},
-             "cold_replicas": starts, "recovery_replicas": starts, "recovery_answering_s": 24.0,
+             "cold_serve_steps": steps, "cold_replicas": starts, "recovery_replicas": starts, "recovery_answering_s": 24.0,
              "recovery_healthy_s": 25.0, "load_statuses": {"200": 70, "500": 2}}
     slower = {**graph, "cold_first_answer_s": None,
               "cold_cpu_s": {"replica fast": 12.0, "engine (fast)": 5.0, "total": 17.0}}
@@ -230,6 +250,7 @@ def test_time_to_serve_reads_each_replicas_start_back_from_its_health_and_tables
     assert ("| graph, `engine_core_start: fork, tier_load_order: side_by_side` | 26.0, – (**26.0**) "
             "| 27.0, 27.0 (**27.0**) | 1.3 |") in table
     assert "| fork | 7.0 | 3.0 | 9.0 | 0.0 | 4.0 | 2.0 | 25.0 |" in table
+    assert "| fork | 4.8 | 6.4 | 8.4 | 8.6 | 7.0 | 25.0 | 26.0 |" in table
     assert "| fork | 24.0, 24.0 (**24.0**) | 25.0, 25.0 (**25.0**) | 140 × 200, 4 × 500 |" in table
 
 
