@@ -13,6 +13,8 @@ Plain processes, no Ray, the shipped config's `fast` tier, one after another on 
 - the same with torch.compile left on (`TORCH_COMPILE_DISABLE` unset), which compiles a sampler
   helper with inductor on the first logprobs request: with an empty inductor cache (a fresh
   machine) and with the cache that run left (a restart on the same machine);
+- the same with torch and vLLM imported with Python's garbage collector on and nothing frozen (as
+  before the deployment's `collector_paused`);
 - two engines at once, as the deployment builds them: both tiers of the default graph loading side
   by side on the same cores.
 
@@ -41,16 +43,23 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 # Runs in a fresh interpreter: what a replica does from its first import to its warm-up answer.
 ENGINE = r"""
-import asyncio, json, os, sys, time
+import asyncio, contextlib, gc, json, os, sys, time
 t0 = time.monotonic()
 def mark(name):
     print("PHASE " + json.dumps({name: round(time.monotonic() - t0, 2)}), flush=True)
-import torch
+from deployments.llm import collector_paused, engine_args, engine_dtype, llm_folder, start_engine
+mark("deployment module imported")  # what Ray's worker has imported before the constructor
+imports = contextlib.nullcontext if os.environ.get("COLLECTOR_ON") == "1" else collector_paused
+with imports():
+    import torch
 mark("torch imported")
-import vllm.v1.engine.async_llm
+with imports():
+    import vllm.v1.engine.async_llm
 mark("vllm imported")
+import psutil
+print("FROZEN " + json.dumps(gc.get_freeze_count()), flush=True)
+print("RSS " + json.dumps(psutil.Process().memory_info().rss >> 20), flush=True)
 from benchmarks.peers import fast_tier
-from deployments.llm import engine_args, engine_dtype, llm_folder, start_engine
 from deployments.protocol import GenerationRequest, Sampling
 tier = fast_tier()
 dtype = engine_dtype(tier.dtype, False, torch.cpu._is_avx512_bf16_supported())
@@ -88,6 +97,8 @@ VLLM_PHASES = {
 # (None: removed). The compile runs get an inductor cache of their own (`engines`).
 SETTINGS = {
     "one": ("one engine, model in the engine core (the deployment)", {}),
+    # torch and vLLM imported as before session 23: the collector on, nothing frozen
+    "collector_on": ("one engine, imports with the garbage collector on", {"COLLECTOR_ON": "1"}),
     "one_worker_process": ("one engine, model in a worker process (vLLM's CPU default)",
                            {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}),
     "compile_cold": ("one engine, torch.compile on, empty inductor cache",
@@ -129,6 +140,10 @@ def engines(count: int, changes: dict | None = None, decode: bool = False,
                 phases.update(json.loads(line[6:]))
             if line.startswith("DECODE "):
                 phases["decode tok/s"] = json.loads(line[7:])
+            if line.startswith("FROZEN "):
+                phases["objects frozen"] = json.loads(line[7:])
+            if line.startswith("RSS "):
+                phases["MiB resident after the imports"] = json.loads(line[4:])
             for name, pattern in VLLM_PHASES.items():
                 if (m := pattern.search(line)):
                     phases[name] = float(m.group(1))
@@ -149,8 +164,9 @@ def vllm_serve_first_answer() -> float:
 
 
 def markdown(result: dict) -> str:
-    phases = ["torch imported", "vllm imported", "engine ready", "warm-up answered",
-              "warm-up (logprobs)", "decode tok/s"]
+    phases = ["deployment module imported", "torch imported", "vllm imported", "engine ready",
+              "warm-up answered", "warm-up (logprobs)", "decode tok/s", "objects frozen",
+              "MiB resident after the imports"]
 
     def cell(run: dict, field: str):
         if field == "warm-up (logprobs)":  # the first request with logprobs
@@ -185,7 +201,22 @@ def markdown(result: dict) -> str:
               f"The warm-up, the first request with logprobs: **{warmup['one']} s** with torch.compile "
               f"off (the deployment), {warmup['compile_warm']} s with it on and a warm inductor cache, "
               f"**{warmup['compile_cold']} s** with an empty one; decoding {decode:.1f} against "
-              f"{median('compile_warm', 'decode tok/s'):.1f} tok/s with it on.", ""]
+              f"{median('compile_warm', 'decode tok/s'):.1f} tok/s with it on."]
+
+    def took(key: str, start: str, end: str) -> float:
+        return round(statistics.median(r[end] - r[start] for r in result["runs"][key]), 2)
+
+    lines += [f"Imports with the garbage collector paused, then frozen (the deployment, "
+              f"{int(median('one', 'objects frozen')):,} objects), against it on: vLLM's import "
+              f"**{took('one', 'torch imported', 'vllm imported')} s** against "
+              f"{took('collector_on', 'torch imported', 'vllm imported')}, the engine's start "
+              f"**{took('one', 'vllm imported', 'engine ready')} s** against "
+              f"{took('collector_on', 'vllm imported', 'engine ready')}, the warm-up answer "
+              f"**{median('one', 'warm-up answered')} s** against "
+              f"{median('collector_on', 'warm-up answered')} from the process's start; "
+              f"{int(median('one', 'MiB resident after the imports'))} MiB resident after the "
+              f"imports against {int(median('collector_on', 'MiB resident after the imports'))}.",
+              ""]
     return "\n".join(lines)
 
 

@@ -1,9 +1,9 @@
 """`tier_load_order: in_turn`: the engines of one app on one CPU host start one after another;
 and on a GPU shared by several engines (fractional `num_gpus`), one engine loads at a time.
 
-On a CPU host a replica's start is vLLM's import (one thread: two side by side take 7.9 s each,
-as one alone), then the engine (weights, KV cache, the warm-up answer: OpenMP threads on every
-core; two at once 8.2 s against ~4 s alone: benchmarks/results/startup.md). So each turn imports
+On a CPU host a replica's start is vLLM's import (one thread: two side by side take 5.1 s each,
+one alone 4.8), then the engine (weights, KV cache, the warm-up answer: OpenMP threads on every
+core; two at once 3.5 s against 2.3 s alone: benchmarks/results/startup.md). So each turn imports
 at once and starts its engine when the earlier turns' engines are up. A turn holds an flock in
 /tmp from its replica's start to its warm-up answer, and waits for the earlier turns' locks on
 this host; engines on other hosts have cores of their own and do not wait. A turn whose

@@ -1,5 +1,8 @@
-"""The LLM deployment's pure helpers: dtype, max_tokens, engine arguments, token logprobs."""
+"""The LLM deployment's pure helpers: dtype, max_tokens, engine arguments, token logprobs, the
+collector paused over its imports."""
 
+import contextlib
+import gc
 import os
 from types import SimpleNamespace
 
@@ -7,6 +10,7 @@ import pytest
 
 from deployments.config import DeploymentOptions, LLMConfig
 from deployments.llm import (
+    collector_paused,
     cpu_engine_env,
     engine_args,
     engine_dtype,
@@ -39,6 +43,39 @@ def test_an_eager_cpu_engine_starts_with_torch_compile_off(monkeypatch):
     monkeypatch.setenv("TORCH_COMPILE_DISABLE", "0")
     use_cpu_engine_env(2, compile=False)
     assert os.environ["TORCH_COMPILE_DISABLE"] == "0"
+
+
+@pytest.fixture
+def collector_restored():
+    """This test process's collector as it was: enabled, nothing frozen, no callback of ours."""
+    was_enabled, callbacks = gc.isenabled(), list(gc.callbacks)
+    yield
+    gc.unfreeze()
+    gc.callbacks[:] = callbacks
+    (gc.enable if was_enabled else gc.disable)()
+
+
+def test_imports_run_with_the_collector_paused_and_what_they_built_is_frozen(collector_restored):
+    """No collection while the block builds objects (a block without the pause collects many
+    times), its objects frozen after it, and the collector's on/off state as it was before."""
+    passes: list[int] = []
+    gc.callbacks.append(lambda phase, info: phase == "start" and passes.append(info["generation"]))
+
+    def build(pause) -> tuple[int, list]:
+        passes.clear()
+        frozen = gc.get_freeze_count()
+        with pause():
+            made = [[i] for i in range(200_000)]  # as many tracked lists as an import makes dicts
+        return gc.get_freeze_count() - frozen, made
+
+    gc.enable()
+    newly_frozen, made = build(contextlib.nullcontext)
+    assert passes and newly_frozen == 0
+    newly_frozen, made = build(collector_paused)
+    assert passes == [] and newly_frozen >= len(made) and gc.isenabled()
+    gc.disable()
+    build(collector_paused)
+    assert not gc.isenabled()
 
 
 def test_max_tokens_caps_and_context():
