@@ -354,10 +354,10 @@ class GraphConfig(Strict):
     tier_load_order: Literal["in_turn", "side_by_side"] = Field(
         "side_by_side", description="CPU hosts: the tiers' engines load all at once, or in_turn: "
         "each tier imports vLLM at once and starts its engine when the earlier tiers' engines "
-        "answer (first answer 28.5 against 31.5 s from launch, answering again after losing "
-        "every replica 21.2 against 26.2 s, whole again 32.3 against 26.5 s: "
-        "benchmarks/results/recovery_engines_in_turn.md); on a GPU each loads at once on its own "
-        "share"
+        "answer (first answer 23.6 against 23.7 s from launch, answering again after losing "
+        "every replica 16.9 against 18.0 s, whole again 21.0 against 17.9 s: "
+        "benchmarks/results/recovery_orders_collector_paused.md); on a GPU each loads at once on "
+        "its own share"
     )
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
