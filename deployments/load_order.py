@@ -8,7 +8,8 @@ at once and starts its engine when the earlier turns' engines are up. A turn hol
 /tmp from its replica's start to its warm-up answer, and waits for the earlier turns' locks on
 this host; engines on other hosts have cores of their own and do not wait. A turn whose
 predecessors have not started yet simply goes first.
-benchmarks/results/recovery_engines_in_turn.md compares the two orders.
+benchmarks/results/recovery_orders_collector_paused.md compares the two orders (session 21's,
+before the imports' collector pause: recovery_engines_in_turn.md).
 """
 
 from __future__ import annotations
