@@ -118,15 +118,20 @@ def cpu_snapshot(other: str | None = None) -> dict[int, tuple[str, float]]:
     return out
 
 
+def by_role(spent: list[tuple[str, float]], scale: float, digits: int) -> dict[str, float]:
+    """(role, CPU seconds) pairs summed by role, scaled and rounded, and their total."""
+    totals: dict[str, float] = defaultdict(float)
+    for name, seconds in spent:
+        totals[name] += seconds
+    table = {k: round(v * scale, digits) for k, v in sorted(totals.items())}
+    table["total"] = round(sum(totals.values()) * scale, digits)
+    return table
+
+
 def cpu_ms_per_request(before: dict, after: dict, requests: int) -> dict[str, float]:
     """CPU-ms per request by role, over the processes alive at both ends of the run."""
-    spent: dict[str, float] = defaultdict(float)
-    for pid, (name, seconds) in after.items():
-        if pid in before:
-            spent[name] += seconds - before[pid][1]
-    table = {k: round(v * 1000 / requests, 2) for k, v in sorted(spent.items())}
-    table["total"] = round(sum(spent.values()) * 1000 / requests, 2)
-    return table
+    return by_role([(name, seconds - before[pid][1]) for pid, (name, seconds) in after.items()
+                    if pid in before], 1000 / requests, 2)
 
 
 class StartCpu:
@@ -155,12 +160,7 @@ class StartCpu:
         self._done.set()
         self._thread.join()
         self._sample_once()
-        spent: dict[str, float] = defaultdict(float)
-        for name, seconds in self.seen.values():
-            spent[name] += seconds
-        table = {k: round(v, 1) for k, v in sorted(spent.items())}
-        table["total"] = round(sum(spent.values()), 1)
-        return table
+        return by_role(list(self.seen.values()), 1.0, 1)
 
 
 # -- scenarios ------------------------------------------------------------------------------------
